@@ -1,0 +1,50 @@
+# kcovx/_area.pxd: the cimport surface of the compiled core.
+#
+# Owns: the C declarations of kcovx.h (area layout, inline appends, the C API struct) and the
+# layout of the Area class, so other Cython code can reach an area's words without a Python
+# call.  Threading: the inline appends are `noexcept nogil` and assume one writer per area
+# (see kcovx.h); reading `Area.c` needs no lock because it never changes after construction.
+
+from cpython.object cimport PyObject
+from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef extern from "kcovx.h" nogil:
+    const unsigned int KCOVX_ABI_VERSION
+    const char *KCOVX_CAPSULE_NAME
+
+    ctypedef struct kcovx_area_t:
+        uint64_t *words
+        uint64_t size
+
+    uint64_t kcovx_load_count(const kcovx_area_t *a) noexcept
+    void kcovx_publish_count(kcovx_area_t *a, uint64_t count) noexcept
+    int kcovx_append_pc(kcovx_area_t *a, uint64_t pc) noexcept
+    uint64_t kcovx_append_pcs(kcovx_area_t *a, const uint64_t *pcs, uint64_t n) noexcept
+    int kcovx_append_cmp(kcovx_area_t *a, uint64_t type, uint64_t arg1, uint64_t arg2,
+                         uint64_t pc) noexcept
+    uint64_t kcovx_append_batch_gvisor(kcovx_area_t *a, const uint64_t *pcs,
+                                       uint64_t n) noexcept
+
+    ctypedef struct kcovx_api_t:
+        uint32_t abi_version
+        uint32_t struct_size
+        int (*append_pc)(kcovx_area_t *area, uint64_t pc) noexcept nogil
+        uint64_t (*append_pcs)(kcovx_area_t *area, const uint64_t *pcs,
+                               uint64_t n) noexcept nogil
+        int (*append_cmp)(kcovx_area_t *area, uint64_t type, uint64_t arg1, uint64_t arg2,
+                          uint64_t pc) noexcept nogil
+        int (*trace_pc)(uint64_t pc) noexcept nogil
+        int (*trace_cmp)(uint64_t type, uint64_t arg1, uint64_t arg2,
+                         uint64_t pc) noexcept nogil
+        kcovx_area_t *(*area_of)(PyObject *obj) noexcept
+
+
+cdef class Area:
+    # The mapping: `c.words` points at `nbytes` bytes mapped MAP_SHARED, unmapped only when
+    # this object (and so every buffer exported from it) is gone.
+    cdef kcovx_area_t c
+    cdef readonly uint64_t nbytes
+    cdef readonly object path
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]

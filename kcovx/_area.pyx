@@ -1,0 +1,485 @@
+# kcovx/_area.pyx: the compiled core.
+#
+# Owns: mapping lifetime (Area), the per-event entry points trace_pc/trace_cmp, bulk appends,
+# the gVisor-profile pending set (global "covered since the last consume"), the per-thread
+# recording target of the linux profile, and the C API capsule.
+#
+# Invariants and threading contract:
+# - An Area's mapping is created in __cinit__ and unmapped only in __dealloc__, so any numpy
+#   view (which holds a reference to the Area through the buffer protocol) stays valid.
+# - One writer per area (kcovx.h).  The per-thread target (linux profile) lives in C
+#   thread-local storage and is only ever set or cleared by its own thread, through
+#   _set_thread_target; the Python layer holds a reference to the Area while it is set.
+# - The pending set is touched only with the GIL held (trace_pc, trace_pcs, the C API's
+#   trace_pc, consume, clear), so the GIL is its lock; it is never released while the set is
+#   in use.  Bulk copies into an area release the GIL when large.
+# - Per-event entry points take no locks, make no Python calls and allocate only when the
+#   pending set grows (amortised, and a failure is a MemoryError, never a crash).
+
+cimport cython
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_FORMAT,
+    PyBUF_ND,
+    PyBUF_STRIDES,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
+from cpython.exc cimport PyErr_NoMemory, PyErr_SetString
+from cpython.long cimport PyLong_CheckExact
+from cpython.number cimport PyNumber_Index
+from cpython.object cimport PyObject
+from cpython.pycapsule cimport PyCapsule_New
+from libc.errno cimport errno
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memset
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+
+import os as _os
+
+cdef extern from "<sys/mman.h>" nogil:
+    int MAP_ANONYMOUS
+
+cdef extern from *:
+    """
+    /* The calling thread's recording target in the linux profile (NULL: none). */
+    static __thread kcovx_area_t *kcovx_tls_pc_target = NULL;
+    static __thread kcovx_area_t *kcovx_tls_cmp_target = NULL;
+    """
+    kcovx_area_t *kcovx_tls_pc_target
+    kcovx_area_t *kcovx_tls_cmp_target
+
+cdef char *_FORMAT_Q = b"Q"
+
+# Word that detached areas point at: appends on size 0 never touch it, loads read 0.
+cdef uint64_t _zero_word = 0
+
+# Largest area we map: the linux profile's limit is INT_MAX/8 words; anything below 2**60
+# words keeps byte counts from overflowing.
+cdef uint64_t _MAX_WORDS = (<uint64_t>1) << 56
+
+# Formats of an 8-byte unsigned buffer item on LP64 Linux.
+_U64_FORMATS = frozenset((b"Q", b"L", b"<Q", b"<L", b"=Q", b"=L", b"@Q", b"@L"))
+
+# Bulk copies at or above this many words release the GIL.
+cdef uint64_t _NOGIL_THRESHOLD = 16384
+
+
+cdef uint64_t _u64_slow(object o) except? 0xFFFFFFFFFFFFFFFF:
+    # Any int-like object with __index__ (numpy integers, IntEnum); floats and strings are
+    # refused with TypeError instead of being truncated.
+    cdef uint64_t v = PyNumber_Index(o)
+    return v
+
+
+cdef inline uint64_t _u64(object o) except? 0xFFFFFFFFFFFFFFFF:
+    """Convert an int in [0, 2**64) to uint64; TypeError for non-integers, OverflowError else."""
+    cdef uint64_t v
+    if PyLong_CheckExact(o):
+        v = o
+        return v
+    return _u64_slow(o)
+
+
+# --------------------------------------------------------------------------------------------
+# The pending set (gvisor profile): each PC covered since the last consume, once, in the order
+# first covered.  Open addressing with linear probing; a slot is live when its stamp equals the
+# current epoch, so clearing is one increment: O(1), not O(capacity).
+
+ctypedef struct pending_t:
+    uint64_t *keys
+    uint32_t *stamps
+    uint64_t *order      # the live PCs, in first-covered order
+    uint64_t n           # live PCs
+    uint64_t cap         # slots (a power of two), 0 before the first add
+    uint64_t limit       # grow when n reaches this (load factor 1/2)
+    uint32_t shift       # 64 - log2(cap)
+    uint32_t epoch
+    int collecting       # non-zero while some gvisor device is tracing
+
+cdef pending_t _pend
+_pend.keys = NULL
+_pend.stamps = NULL
+_pend.order = NULL
+_pend.n = 0
+_pend.cap = 0
+_pend.limit = 0
+_pend.shift = 64
+_pend.epoch = 1
+_pend.collecting = 0
+
+cdef inline uint64_t _slot(uint64_t pc, uint32_t shift) noexcept nogil:
+    # Fibonacci hashing: the top bits of pc * 2^64/phi.
+    return (pc * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift
+
+
+cdef int _pending_grow() noexcept nogil:
+    """Double the table, keeping the live PCs.  Returns -1 (table unchanged) on no memory."""
+    cdef uint64_t cap = 1024 if _pend.cap == 0 else _pend.cap * 2
+    cdef uint32_t shift = 64
+    cdef uint64_t c = cap
+    cdef uint64_t i, j, pc
+    while c > 1:
+        c >>= 1
+        shift -= 1
+    cdef uint64_t *keys = <uint64_t *> malloc(cap * sizeof(uint64_t))
+    cdef uint32_t *stamps = <uint32_t *> calloc(cap, sizeof(uint32_t))
+    cdef uint64_t *order = <uint64_t *> malloc((cap // 2) * sizeof(uint64_t))
+    if keys == NULL or stamps == NULL or order == NULL:
+        free(keys)
+        free(stamps)
+        free(order)
+        return -1
+    for i in range(_pend.n):
+        pc = _pend.order[i]
+        order[i] = pc
+        j = _slot(pc, shift)
+        while stamps[j] == 1:
+            j = (j + 1) & (cap - 1)
+        stamps[j] = 1
+        keys[j] = pc
+    free(_pend.keys)
+    free(_pend.stamps)
+    free(_pend.order)
+    _pend.keys = keys
+    _pend.stamps = stamps
+    _pend.order = order
+    _pend.cap = cap
+    _pend.limit = cap // 2
+    _pend.shift = shift
+    _pend.epoch = 1
+    return 0
+
+
+cdef inline int _pending_add(uint64_t pc) noexcept nogil:
+    """Mark pc covered.  0 on success, -1 when the table could not grow (pc not recorded)."""
+    cdef uint64_t i
+    if _pend.n >= _pend.limit:
+        if _pending_grow() < 0:
+            return -1
+    i = _slot(pc, _pend.shift)
+    while _pend.stamps[i] == _pend.epoch:
+        if _pend.keys[i] == pc:
+            return 0
+        i = (i + 1) & (_pend.cap - 1)
+    _pend.stamps[i] = _pend.epoch
+    _pend.keys[i] = pc
+    _pend.order[_pend.n] = pc
+    _pend.n += 1
+    return 0
+
+
+cdef inline void _pending_clear() noexcept nogil:
+    _pend.n = 0
+    _pend.epoch += 1
+    if _pend.epoch == 0:  # wrapped after 2**32 clears: forget every stamp once
+        if _pend.stamps != NULL:
+            memset(_pend.stamps, 0, _pend.cap * sizeof(uint32_t))
+        _pend.epoch = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Buffers of PCs handed in from Python.
+
+cdef int _get_u64_buffer(object obj, Py_buffer *view) except -1:
+    """Fill view with a C-contiguous buffer of uint64 items, or raise TypeError/ValueError."""
+    if isinstance(obj, (int, float, str)):
+        raise TypeError(
+            f"expected a C-contiguous buffer of uint64 (e.g. numpy.ndarray of dtype uint64), "
+            f"got {type(obj).__name__}"
+        )
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except BufferError as exc:
+        raise ValueError(f"expected a C-contiguous buffer of uint64: {exc}") from None
+    except TypeError:
+        raise TypeError(
+            f"expected a C-contiguous buffer of uint64 (e.g. numpy.ndarray of dtype uint64), "
+            f"got {type(obj).__name__}"
+        ) from None
+    fmt = view.format if view.format != NULL else b"B"
+    if view.itemsize != 8 or fmt not in _U64_FORMATS:
+        PyBuffer_Release(view)
+        raise TypeError(
+            f"expected uint64 items, got buffer format {fmt.decode('ascii', 'replace')!r} with "
+            f"itemsize {view.itemsize} (convert with numpy.asarray(x, dtype=numpy.uint64))"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Area: one mapping.
+
+@cython.final
+cdef class Area:
+    """One kcov area: ``size`` uint64 words mapped shared, word 0 the count.
+
+    ``Area(size)`` maps anonymous shared memory (inherited by ``os.fork`` children);
+    ``Area(size, fd, path)`` maps ``size*8`` bytes of an open file, which must already be
+    that long.  The mapping is released when the Area and every view of it are gone.
+    Appending directly to an Area bypasses the device state machine: the caller is the
+    area's one writer.
+    """
+
+    def __cinit__(self, object size, int fd=-1, object path=None):
+        cdef void *p
+        cdef int flags = MAP_SHARED
+        cdef size_t nbytes
+        cdef int err
+        cdef uint64_t nwords = _u64(size)
+        self.c.words = &_zero_word
+        self.c.size = 0
+        self.nbytes = 0
+        self.path = path
+        if nwords < 1 or nwords > _MAX_WORDS:
+            raise ValueError(f"area size must be between 1 and {_MAX_WORDS} words, got {nwords}")
+        nbytes = <size_t>(nwords * 8)
+        if fd < 0:
+            flags |= MAP_ANONYMOUS
+            fd = -1
+        with nogil:
+            p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, flags, fd, 0)
+            err = errno
+        if p == MAP_FAILED:
+            raise OSError(err, _os.strerror(err))
+        self.c.words = <uint64_t *> p
+        self.c.size = nwords
+        self.nbytes = nbytes
+        self._shape[0] = <Py_ssize_t> nwords
+        self._strides[0] = 8
+
+    def __dealloc__(self):
+        if self.c.size:
+            munmap(<void *> self.c.words, <size_t> self.nbytes)
+            self.c.words = &_zero_word
+            self.c.size = 0
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        buf.buf = <void *> self.c.words
+        buf.obj = self
+        buf.len = <Py_ssize_t> self.nbytes
+        buf.readonly = 0
+        buf.itemsize = 8
+        buf.format = _FORMAT_Q if (flags & PyBUF_FORMAT) else NULL
+        buf.ndim = 1
+        buf.shape = self._shape if (flags & PyBUF_ND) == PyBUF_ND else NULL
+        buf.strides = self._strides if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
+        buf.suboffsets = NULL
+        buf.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    @property
+    def size(self):
+        """Size in words."""
+        return self.c.size
+
+    @property
+    def count(self):
+        """Word 0, read with an atomic load."""
+        return kcovx_load_count(&self.c)
+
+    def __len__(self):
+        return <Py_ssize_t> self.c.size
+
+    def __repr__(self):
+        where = f" path={self.path!r}" if self.path is not None else ""
+        return f"<kcovx._area.Area size={self.c.size} count={kcovx_load_count(&self.c)}{where}>"
+
+    def append_pc(self, object pc):
+        """Append one PC with kcov's clipping.  Returns True if stored, False if clipped."""
+        return kcovx_append_pc(&self.c, _u64(pc)) != 0
+
+    def append_pcs(self, pcs):
+        """Append a buffer of uint64 PCs in order, with clipping.  Returns how many were stored."""
+        cdef Py_buffer view
+        cdef uint64_t n, done
+        _get_u64_buffer(pcs, &view)
+        try:
+            n = <uint64_t> (view.len // 8)
+            if n >= _NOGIL_THRESHOLD:
+                with nogil:
+                    done = kcovx_append_pcs(&self.c, <const uint64_t *> view.buf, n)
+            else:
+                done = kcovx_append_pcs(&self.c, <const uint64_t *> view.buf, n)
+        finally:
+            PyBuffer_Release(&view)
+        return done
+
+    def append_cmp(self, object type, object arg1, object arg2, object pc):
+        """Append one comparison record {type, arg1, arg2, pc} if all four words fit."""
+        cdef uint64_t ty = _u64(type), a1 = _u64(arg1), a2 = _u64(arg2), p = _u64(pc)
+        _check_cmp(ty, a1, a2)
+        return kcovx_append_cmp(&self.c, ty, a1, a2, p) != 0
+
+    def consume_pending(self):
+        """gVisor task work: write the pending set into this area, then clear it.
+
+        Returns how many PCs were written; the rest of the batch, if any, is lost.
+        """
+        cdef uint64_t k = kcovx_append_batch_gvisor(&self.c, _pend.order, _pend.n)
+        _pending_clear()
+        return k
+
+
+# --------------------------------------------------------------------------------------------
+# Per-event entry points.
+
+cdef inline int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
+    cdef uint64_t nbytes, limit
+    if type > 7:
+        raise ValueError(f"comparison type must be in 0..7 (KCOV_CMP_CONST | KCOV_CMP_SIZE(n)), got {type}")
+    nbytes = (<uint64_t>1) << ((type & 6) >> 1)
+    if nbytes < 8:
+        limit = (<uint64_t>1) << (8 * nbytes)
+        if arg1 >= limit or arg2 >= limit:
+            raise ValueError(
+                f"operands of a {nbytes}-byte comparison must be below {limit}, "
+                f"got {arg1} and {arg2}"
+            )
+    return 0
+
+
+@cython.binding(False)
+def trace_pc(object pc):
+    """Record one PC for the calling thread: appended at once to the area of the linux-profile
+    device this thread enabled, and marked covered for the gvisor-profile devices' next task
+    work.  pc is an int in [0, 2**64).
+    """
+    cdef uint64_t v = _u64(pc)
+    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    if t != NULL:
+        kcovx_append_pc(t, v)
+    if _pend.collecting:
+        if _pending_add(v) < 0:
+            raise MemoryError("kcovx: no memory to record a PC")
+
+
+@cython.binding(False)
+def trace_pcs(pcs):
+    """trace_pc for each item of a C-contiguous uint64 buffer, in order.
+    """
+    cdef Py_buffer view
+    cdef uint64_t n, i
+    cdef const uint64_t *p
+    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    _get_u64_buffer(pcs, &view)
+    try:
+        n = <uint64_t> (view.len // 8)
+        p = <const uint64_t *> view.buf
+        if t != NULL:
+            if n >= _NOGIL_THRESHOLD:
+                with nogil:
+                    kcovx_append_pcs(t, p, n)
+            else:
+                kcovx_append_pcs(t, p, n)
+        if _pend.collecting:
+            for i in range(n):
+                if _pending_add(p[i]) < 0:
+                    raise MemoryError("kcovx: no memory to record a PC")
+    finally:
+        PyBuffer_Release(&view)
+
+
+@cython.binding(False)
+def trace_cmp(object type, object arg1, object arg2, object pc):
+    """Record one comparison for the calling thread (linux profile, KCOV_TRACE_CMP): the record
+    {type, arg1, arg2, pc} is appended if all four words fit.  type is
+    KCOV_CMP_SIZE(n) | optional KCOV_CMP_CONST; operands must fit in 2**(8 << n).
+    """
+    cdef uint64_t ty = _u64(type), a1 = _u64(arg1), a2 = _u64(arg2), p = _u64(pc)
+    _check_cmp(ty, a1, a2)
+    cdef kcovx_area_t *t = kcovx_tls_cmp_target
+    if t != NULL:
+        kcovx_append_cmp(t, ty, a1, a2, p)
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks for the Python layer (private).
+
+def _set_thread_target(Area area, int mode):
+    """Set (mode 2: TRACE_PC, 3: TRACE_CMP) or clear (area None) the calling thread's target."""
+    global kcovx_tls_pc_target, kcovx_tls_cmp_target
+    kcovx_tls_pc_target = NULL
+    kcovx_tls_cmp_target = NULL
+    if area is None:
+        return
+    if mode == 2:
+        kcovx_tls_pc_target = &area.c
+    elif mode == 3:
+        kcovx_tls_cmp_target = &area.c
+    else:
+        raise ValueError(f"bad target mode {mode}")
+
+
+def _set_collecting(bint on):
+    """Turn the gvisor pending set on or off.  Off also forgets what was pending."""
+    _pend.collecting = 1 if on else 0
+    if not on:
+        _pending_clear()
+
+
+def _clear_pending():
+    """gVisor ClearCoverageData: forget every PC covered so far."""
+    _pending_clear()
+
+
+def _pending_len():
+    return _pend.n
+
+
+# --------------------------------------------------------------------------------------------
+# The C API.
+
+cdef int _api_append_pc(kcovx_area_t *a, uint64_t pc) noexcept nogil:
+    return kcovx_append_pc(a, pc)
+
+cdef uint64_t _api_append_pcs(kcovx_area_t *a, const uint64_t *pcs, uint64_t n) noexcept nogil:
+    return kcovx_append_pcs(a, pcs, n)
+
+cdef int _api_append_cmp(kcovx_area_t *a, uint64_t type, uint64_t arg1, uint64_t arg2,
+                         uint64_t pc) noexcept nogil:
+    return kcovx_append_cmp(a, type, arg1, arg2, pc)
+
+cdef int _api_trace_pc(uint64_t pc) noexcept nogil:
+    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    if t != NULL:
+        kcovx_append_pc(t, pc)
+    if _pend.collecting:
+        if _pending_add(pc) < 0:
+            with gil:
+                PyErr_NoMemory()
+            return -1
+    return 0
+
+cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) noexcept nogil:
+    cdef kcovx_area_t *t
+    if type > 7:
+        with gil:
+            PyErr_SetString(ValueError, b"comparison type must be in 0..7")
+        return -1
+    t = kcovx_tls_cmp_target
+    if t != NULL:
+        kcovx_append_cmp(t, type, arg1, arg2, pc)
+    return 0
+
+cdef kcovx_area_t *_api_area_of(PyObject *obj) noexcept:
+    if obj != NULL and isinstance(<object> obj, Area):
+        return &(<Area> obj).c
+    PyErr_SetString(TypeError, b"expected a kcovx._area.Area")
+    return NULL
+
+cdef kcovx_api_t _api
+_api.abi_version = KCOVX_ABI_VERSION
+_api.struct_size = sizeof(kcovx_api_t)
+_api.append_pc = _api_append_pc
+_api.append_pcs = _api_append_pcs
+_api.append_cmp = _api_append_cmp
+_api.trace_pc = _api_trace_pc
+_api.trace_cmp = _api_trace_cmp
+_api.area_of = _api_area_of
+
+_C_API = PyCapsule_New(<void *> &_api, KCOVX_CAPSULE_NAME, NULL)
+ABI_VERSION = KCOVX_ABI_VERSION
