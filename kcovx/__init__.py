@@ -25,7 +25,7 @@ from kcovx.abi import (
     PAGE_SIZE,
     Mode,
 )
-from kcovx.device import PROFILES, Device, open  # noqa: A004
+from kcovx.device import PROFILES, Device, open
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ KCOV_CMP_CONST: Final = 1 << 0
 KCOV_CMP_MASK: Final = 3 << 1  # == KCOV_CMP_SIZE(3) == 6
 
 
-def KCOV_CMP_SIZE(n: int) -> int:  # noqa: N802 - the kernel's macro name
+def KCOV_CMP_SIZE(n: int) -> int:
     """Size bits of a comparison of 2**n bytes (n in 0..3)."""
     return n << 1
 
@@ -60,6 +60,6 @@ __all__ = [
     "KCOV_TRACE_CMP",
     "KCOV_TRACE_PC",
     "KCOV_WORDS_PER_CMP",
-    "Mode",
     "PAGE_SIZE",
+    "Mode",
 ]

@@ -24,6 +24,7 @@ would.  Nothing here runs per recorded PC.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from types import TracebackType
@@ -62,10 +63,8 @@ def _make_area(size: int, path: str | None) -> _area.Area:
     """
     if path is None:
         return _area.Area(size)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
@@ -244,7 +243,7 @@ def _page_round(length: int) -> int:
 
 def _view(area: _area.Area, length: int, offset: int) -> AreaView:
     """The part of the mapping [offset, offset + page-rounded length) that lies in the area."""
-    words = np.frombuffer(area, dtype=np.uint64)
+    words: AreaView = np.frombuffer(memoryview(area), dtype=np.uint64)
     lo = min(offset // 8, area.size)
     hi = min((offset + _page_round(length)) // 8, area.size)
     return words[lo:hi]
@@ -449,7 +448,7 @@ class Device:
         self._owner = None
 
 
-def open(profile: str = "gvisor", path: str | os.PathLike[str] | None = None) -> Device:  # noqa: A001
+def open(profile: str = "gvisor", path: str | os.PathLike[str] | None = None) -> Device:
     """Open a kcov device.  profile: "gvisor" (default) or "linux"; path: file for the area."""
     return Device(profile, path)
 

@@ -27,7 +27,7 @@ def as_u64(value: object, what: str) -> int:
     """value as an int in [0, 2**64): TypeError if not an integer, OverflowError if out of range."""
     if not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    n = operator.index(value)  # type: ignore[call-overload]
+    n = operator.index(value)  # type: ignore[arg-type]
     if n < 0 or n > U64_MAX:
         raise OverflowError(f"{what} must be in [0, 2**64), got {n}")
     return n

@@ -48,8 +48,8 @@ class Task:
 
     __slots__ = (
         "__weakref__",
-        "gvisor_kcov",
         "generation",
+        "gvisor_kcov",
         "ident",
         "linux_kcov",
         "name",
@@ -83,10 +83,8 @@ class _ExitSentinel:
         task = self.task
         if task.generation != _generation:
             return  # a parent's thread seen from a fork child: the fork handler dealt with it
-        try:
-            _task_exit(task)
-        except Exception:  # noqa: BLE001 - a finaliser must not raise; nothing to report to
-            pass
+        # An error here is reported by CPython as unraisable ("Exception ignored in ...").
+        _task_exit(task)
 
 
 def current() -> Task:
