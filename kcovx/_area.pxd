@@ -5,6 +5,7 @@
 # call.  Threading: the inline appends are `noexcept nogil` and assume one writer per area
 # (see kcovx.h); reading `Area.c` needs no lock because it never changes after construction.
 
+cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -34,12 +35,14 @@ cdef extern from "kcovx.h" nogil:
                                uint64_t n) noexcept nogil
         int (*append_cmp)(kcovx_area_t *area, uint64_t type, uint64_t arg1, uint64_t arg2,
                           uint64_t pc) noexcept nogil
-        int (*trace_pc)(uint64_t pc) noexcept nogil
+        # these two need the GIL: it guards the gvisor pending set
+        int (*trace_pc)(uint64_t pc) noexcept
         int (*trace_cmp)(uint64_t type, uint64_t arg1, uint64_t arg2,
-                         uint64_t pc) noexcept nogil
+                         uint64_t pc) noexcept
         kcovx_area_t *(*area_of)(PyObject *obj) noexcept
 
 
+@cython.final
 cdef class Area:
     # The mapping: `c.words` points at `nbytes` bytes mapped MAP_SHARED, unmapped only when
     # this object (and so every buffer exported from it) is gone.

@@ -240,6 +240,12 @@ cdef class Area:
         if fd < 0:
             flags |= MAP_ANONYMOUS
             fd = -1
+        elif _os.fstat(fd).st_size < nbytes:
+            # touching a page past the end of a file mapping is SIGBUS: refuse it here
+            raise ValueError(
+                f"the file behind fd {fd} is {_os.fstat(fd).st_size} bytes, "
+                f"shorter than the {nbytes} bytes of a {nwords}-word area"
+            )
         with nogil:
             p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, flags, fd, 0)
             err = errno
@@ -329,18 +335,29 @@ cdef class Area:
 # --------------------------------------------------------------------------------------------
 # Per-event entry points.
 
-cdef inline int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
-    cdef uint64_t nbytes, limit
+cdef inline int _cmp_invalid(uint64_t type, uint64_t arg1, uint64_t arg2) noexcept nogil:
+    """0 if valid; 1 if type is not in 0..7; 2 if an operand is wider than the comparison."""
+    cdef uint64_t nbytes
     if type > 7:
-        raise ValueError(f"comparison type must be in 0..7 (KCOV_CMP_CONST | KCOV_CMP_SIZE(n)), got {type}")
+        return 1
     nbytes = (<uint64_t>1) << ((type & 6) >> 1)
-    if nbytes < 8:
-        limit = (<uint64_t>1) << (8 * nbytes)
-        if arg1 >= limit or arg2 >= limit:
-            raise ValueError(
-                f"operands of a {nbytes}-byte comparison must be below {limit}, "
-                f"got {arg1} and {arg2}"
-            )
+    if nbytes < 8 and ((arg1 | arg2) >> (8 * nbytes)) != 0:
+        return 2
+    return 0
+
+
+cdef int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
+    cdef int bad = _cmp_invalid(type, arg1, arg2)
+    if bad == 1:
+        raise ValueError(
+            f"comparison type must be in 0..7 (KCOV_CMP_SIZE(n) | KCOV_CMP_CONST), got {type}"
+        )
+    if bad == 2:
+        nbytes = 1 << ((type & 6) >> 1)
+        raise ValueError(
+            f"operands of a {nbytes}-byte comparison must be below 2**{8 * nbytes}, "
+            f"got {arg1} and {arg2}"
+        )
     return 0
 
 
@@ -445,22 +462,27 @@ cdef int _api_append_cmp(kcovx_area_t *a, uint64_t type, uint64_t arg1, uint64_t
                          uint64_t pc) noexcept nogil:
     return kcovx_append_cmp(a, type, arg1, arg2, pc)
 
-cdef int _api_trace_pc(uint64_t pc) noexcept nogil:
+cdef int _api_trace_pc(uint64_t pc) noexcept:
+    # Called with the GIL held (the C API's contract): the GIL guards the pending set.
     cdef kcovx_area_t *t = kcovx_tls_pc_target
     if t != NULL:
         kcovx_append_pc(t, pc)
     if _pend.collecting:
         if _pending_add(pc) < 0:
-            with gil:
-                PyErr_NoMemory()
+            PyErr_NoMemory()
             return -1
     return 0
 
-cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) noexcept nogil:
+cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) noexcept:
+    # Called with the GIL held; validates exactly as kcovx.trace_cmp does.
     cdef kcovx_area_t *t
-    if type > 7:
-        with gil:
-            PyErr_SetString(ValueError, b"comparison type must be in 0..7")
+    cdef int bad = _cmp_invalid(type, arg1, arg2)
+    if bad:
+        PyErr_SetString(
+            ValueError,
+            b"comparison type must be in 0..7" if bad == 1
+            else b"comparison operand wider than the comparison's size",
+        )
         return -1
     t = kcovx_tls_cmp_target
     if t != NULL:

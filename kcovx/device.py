@@ -397,7 +397,9 @@ class Device:
     def owner(self) -> int | None:
         """``threading.get_ident()`` of the owning thread, or None."""
         owner = self._owner
-        return None if owner is None else owner.ident
+        # A task of the parent, seen in a fork child, owns nothing here.  A task that exited
+        # still owning the device (see task_exit in _GVisorRules) is still its owner.
+        return owner.ident if owner is not None and tasks.in_this_process(owner) else None
 
     @property
     def area(self) -> _area.Area | None:
@@ -434,10 +436,13 @@ class Device:
         task.work.append(self)
 
     def _collects(self) -> bool:
+        # A device whose owner exited while owning it (gVisor resets only the device the task
+        # enabled last) can never run task work again: it must not keep the set collecting.
         return (
             self._rules.name == "gvisor"
             and self._mode == Mode.TRACE_PC
             and self._owner is not None
+            and tasks.is_live(self._owner)
             and not self._closed
         )
 

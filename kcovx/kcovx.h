@@ -158,8 +158,10 @@ static inline uint64_t kcovx_append_batch_gvisor(kcovx_area_t *a, const uint64_t
  *
  *   append_pc/append_pcs/append_cmp: the functions above, on an area you own.  No GIL needed.
  *   trace_pc/trace_cmp: what kcovx.trace_pc/trace_cmp do (the calling thread's device in the
- *       linux profile, the global pending set in the gvisor profile).  Call with the GIL held;
- *       return 0, or -1 with MemoryError set.
+ *       linux profile, the global pending set in the gvisor profile), with the same checks.
+ *       Call with the GIL held (it guards the pending set).  Return 0, or -1 with an exception
+ *       set: MemoryError (trace_pc), ValueError for a type above 7 or an operand wider than the
+ *       comparison's size (trace_cmp).
  *   area_of: the area behind a kcovx._area.Area object; NULL with TypeError set otherwise.
  *       Needs the GIL.  The pointer is valid while the object is alive.
  */

@@ -48,6 +48,7 @@ class Task:
 
     __slots__ = (
         "__weakref__",
+        "exited",
         "generation",
         "gvisor_kcov",
         "ident",
@@ -61,6 +62,7 @@ class Task:
         self.ident: int = threading.get_ident()
         self.name: str = thread.name
         self.generation = _generation
+        self.exited = False
         self.gvisor_kcov: Device | None = None
         self.linux_kcov: Device | None = None
         # The Area the C per-thread target points into; held so it outlives the pointer.
@@ -87,6 +89,16 @@ class _ExitSentinel:
         _task_exit(task)
 
 
+def in_this_process(task: Task) -> bool:
+    """False for a task of the parent process, seen from a fork child."""
+    return task.generation == _generation
+
+
+def is_live(task: Task) -> bool:
+    """True while task's thread runs in this process (not exited, not a parent's before fork)."""
+    return not task.exited and task.generation == _generation
+
+
 def current() -> Task:
     """The calling thread's task, created on first use."""
     task: Task | None = getattr(_local, "task", None)
@@ -103,9 +115,11 @@ exit_handlers: list[Callable[[Task], None]] = []
 
 def _task_exit(task: Task) -> None:
     with LOCK:
+        task.exited = True
         for handler in exit_handlers:
             handler(task)
         task.work.clear()
+        update_collecting()
         if task.target is not None and task.ident == threading.get_ident():
             _area._set_thread_target(None, 0)
         task.target = None

@@ -1,0 +1,276 @@
+"""Fork (spec kcov-semantics.md (b) fork rows, (d) fork): the child shares the open devices and
+the MAP_SHARED areas, owns nothing, and cannot touch a device the parent has enabled; the
+kcov.rst pattern (parent inits and mmaps, child enables) works in both profiles.
+
+Each child runs one function, sends its JSON result through a pipe and leaves with os._exit;
+the parent waits for it with a deadline and kills it if it is late.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _kcovx_support import TIMEOUT, Devices
+
+import kcovx
+from kcovx import Mode
+
+
+@pytest.fixture
+def devices() -> Iterator[Devices]:
+    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
+    d = Devices()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def in_child(fn: Callable[[], Any]) -> Any:
+    """Run fn in a fork child; return its JSON-able result, or fail with the child's error."""
+    assert threading.active_count() == 1, "fork with threads alive"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 0
+        try:
+            os.close(r)
+            try:
+                out = {"ok": fn()}
+            except BaseException as exc:
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+                status = 1
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([r], [], [], max(left, 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("fork child timed out")
+            data = os.read(r, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks) or b"{}")
+    if "error" in out or "ok" not in out:
+        pytest.fail(f"fork child failed: {out}")
+    return out["ok"]
+
+
+def errno_of(fn: Callable[[], Any]) -> int | None:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+@pytest.mark.parametrize("profile", ["linux", "gvisor"])
+def test_child_keeps_devices_and_shared_mapping(devices: Devices, profile: str) -> None:
+    dev = devices.open(profile)
+    dev.init_trace(512)
+    view = dev.mmap()
+    area = dev.area
+    assert area is not None
+
+    def child() -> Any:
+        view[0] = 0
+        assert area.append_pc(0xC0FFEE)
+        view[5] = 0x55  # a plain store into the mapping is shared too
+        return {"closed": dev.closed, "mode": int(dev.mode), "size": dev.size}
+
+    got = in_child(child)
+    assert got == {"closed": False, "mode": int(Mode.INIT), "size": 512}
+    assert view[:2].tolist() == [1, 0xC0FFEE]
+    assert int(view[5]) == 0x55
+
+
+@pytest.mark.parametrize("profile", ["linux", "gvisor"])
+def test_no_thread_owns_a_device_in_child(devices: Devices, profile: str) -> None:
+    enabled = devices.open(profile)
+    idle = devices.open(profile)
+    for d in (enabled, idle):
+        d.init_trace(512)
+        d.mmap()
+    enabled.enable()
+    assert enabled.owner == threading.get_ident()
+
+    def child() -> Any:
+        return [enabled.owner, idle.owner, int(enabled.mode), int(idle.mode)]
+
+    assert in_child(child) == [None, None, int(Mode.TRACE_PC), int(Mode.INIT)]
+    assert enabled.owner == threading.get_ident()  # the parent's state is untouched
+
+
+@pytest.mark.parametrize("profile", ["linux", "gvisor"])
+def test_child_cannot_enable_or_disable_parent_enabled_device(
+    devices: Devices, profile: str
+) -> None:
+    dev = devices.open(profile)
+    dev.init_trace(512)
+    view = dev.mmap()
+    dev.enable()
+
+    def child() -> Any:
+        return [errno_of(dev.enable), errno_of(dev.disable), errno_of(dev.disable), int(dev.mode)]
+
+    assert in_child(child) == [errno.EINVAL, errno.EINVAL, errno.EINVAL, int(Mode.TRACE_PC)]
+    assert dev.mode == Mode.TRACE_PC
+    kcovx.trace_pc(0x31)  # the parent still records
+    dev.flush()
+    assert view[:2].tolist() == [1, 0x31]
+
+
+@pytest.mark.parametrize("profile", ["linux", "gvisor"])
+def test_kcov_rst_pattern_child_enables(devices: Devices, profile: str) -> None:
+    dev = devices.open(profile)
+    dev.init_trace(512)
+    view = dev.mmap()
+
+    def child() -> Any:
+        dev.enable()
+        owner_ok = dev.owner == threading.get_ident()
+        kcovx.trace_pc(0xA1)
+        kcovx.trace_pcs(np.array([0xA2, 0xA3], dtype=np.uint64))
+        dev.flush()  # gvisor: task work; linux: no-op
+        dev.disable()
+        return owner_ok
+
+    assert in_child(child) is True
+    assert view[:4].tolist() == [3, 0xA1, 0xA2, 0xA3]
+    assert dev.mode == Mode.INIT  # the child's enable is not the parent's
+    assert dev.owner is None
+
+
+def test_kcov_rst_pattern_child_exit_without_disable(devices: Devices) -> None:
+    dev = devices.open("linux")
+    dev.init_trace(512)
+    view = dev.mmap()
+
+    def child() -> Any:
+        dev.enable()
+        kcovx.trace_pc(0xB1)
+        return int(dev.mode)
+
+    assert in_child(child) == int(Mode.TRACE_PC)
+    assert view[:2].tolist() == [1, 0xB1]
+    assert dev.mode == Mode.INIT
+    dev.enable()  # the parent can enable it afterwards
+    kcovx.trace_pc(0xB2)
+    assert view[:3].tolist() == [2, 0xB1, 0xB2]
+    dev.disable()
+
+
+def test_child_trace_pc_does_not_write_parent_linux_area(devices: Devices) -> None:
+    dev = devices.open("linux")
+    dev.init_trace(512)
+    view = dev.mmap()
+    dev.enable()
+    kcovx.trace_pc(0x1)
+
+    def child() -> Any:
+        kcovx.trace_pc(0xBAD)
+        kcovx.trace_pcs(np.array([0xBAD1, 0xBAD2], dtype=np.uint64))
+        kcovx.trace_cmp(0, 1, 2, 3)
+        return int(view[0])
+
+    assert in_child(child) == 1
+    assert view[:3].tolist() == [1, 0x1, 0]
+    kcovx.trace_pc(0x2)  # the parent's thread still records
+    assert view[:3].tolist() == [2, 0x1, 0x2]
+
+
+def test_child_trace_pc_not_delivered_to_parent_gvisor_area(devices: Devices) -> None:
+    dev = devices.open("gvisor")
+    dev.init_trace(512)
+    view = dev.mmap()
+    dev.enable()
+
+    def child() -> Any:
+        kcovx.trace_pc(0xBAD)
+        dev.flush()  # nobody owns it in the child: no task work to run
+        return int(view[0])
+
+    assert in_child(child) == 0
+    dev.flush()
+    assert int(view[0]) == 0
+
+
+def test_child_can_use_linux_device_of_its_own(devices: Devices) -> None:
+    # the parent's main thread has a linux device enabled; the child's main thread has none
+    dev = devices.open("linux")
+    dev.init_trace(512)
+    dev.enable()
+
+    def child() -> Any:
+        mine = kcovx.open("linux")
+        mine.init_trace(512)
+        v = mine.mmap()
+        mine.enable()  # no EBUSY: the child's task has no kcov
+        kcovx.trace_pc(0x77)
+        mine.disable()
+        return v[:2].tolist()
+
+    assert in_child(child) == [1, 0x77]
+
+
+CLOSED_ENABLED_CHILD = r"""
+import json, os, threading
+import kcovx
+d = kcovx.open("linux")
+d.init_trace(512)
+v = d.mmap()
+d.enable()
+d.close()  # the main thread keeps the kcov enabled (and keeps recording) after close
+assert d.owner == threading.get_ident()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    kcovx.trace_pc(5)
+    os.write(w, json.dumps({"owner": d.owner, "count": int(v[0])}).encode())
+    os._exit(0)
+os.close(w)
+print(os.read(r, 1000).decode())
+os.waitpid(pid, 0)
+"""
+
+
+def test_closed_but_enabled_device_has_no_owner_in_child() -> None:
+    # Runs in its own interpreter: closing an enabled linux device leaves the closing thread
+    # recording into it for good, which this process's main thread must not be left doing.
+    root = str(Path(kcovx.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLOSED_ENABLED_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["count"] == 0  # the child's thread does not record into it
+    assert got["owner"] is None  # nobody owns it in the child

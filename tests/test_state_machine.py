@@ -1,0 +1,661 @@
+"""Stateful test: real kcovx devices of both profiles, driven from several threads, in step
+with a small reference model.
+
+Owns: ``KcovMachine``, a hypothesis ``RuleBasedStateMachine`` (pyroaring's
+``test_state_machine.py`` is the pattern), and ``Model``, a pure-Python reference written from
+the project's semantics (docs: kcov-semantics.md (b)-(d) and the gVisor seed ``kcov.go``), not
+from kcovx's code.  Every rule performs one operation on kcovx and on the model and compares
+the errno (or success); after every rule an invariant compares each device's mode, owner,
+size and closed flag, and the contents of every mapping the test holds.
+
+Invariants of the model: a gvisor device in TRACE_PC always has an owner and an area; a linux
+device has an area from INIT on; ``pending`` (gvisor, global) holds each PC once, in the order
+first covered; a task's ``work`` lists the gvisor devices it will run task work for, in
+registration order, duplicates allowed (gVisor's ``RegisterWork`` does not deduplicate).
+
+Threading contract: each "task" is a ``Worker``, a long-lived thread that runs one submitted
+callable at a time while the test thread waits for it, so every kcovx call happens on a known
+thread and the run is deterministic.  A thread exit is a worker that returns and is joined
+(kcovx runs its exit hooks before ``join()`` returns); a fresh worker takes its slot.
+Teardown joins every worker and closes every device.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+import kcovx
+from kcovx import Mode
+
+if mmap.PAGESIZE != 4096:  # the model's page rules are written for 4 KiB pages
+    pytest.skip("the model assumes 4096-byte pages", allow_module_level=True)
+
+PAGE = 4096
+U64 = 2**64 - 1
+GVISOR_MAX = 10 * 1024 * 1024
+LINUX_MAX = 268435455
+UNKNOWN_CMDS = (kcovx.KCOV_REMOTE_ENABLE, 0, 0x6366, 0x6367, 0x6368, 0xDEADBEEF)
+
+N_THREADS = 3
+MAX_OPEN = 4  # devices open at once
+MAX_DEVICES = 6  # devices per run, closed ones included
+CALL_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# Worker threads.
+
+
+class Worker:
+    """A long-lived thread that runs submitted callables synchronously: one kernel "task"."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+        self.ident: int = self.run(threading.get_ident)
+
+    def _main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._results.put((job(), None))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
+                self._results.put((None, exc))
+            del job
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on this thread and return its result (or raise what it raised)."""
+        self._jobs.put(fn)
+        try:
+            value, exc = self._results.get(timeout=CALL_TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"worker {self.thread.name} hung") from None
+        if exc is not None:
+            raise exc
+        return value
+
+    def call(self, fn: Callable[[], Any]) -> tuple[int, Any]:
+        """Run fn on this thread: (0, result) on success, (errno, None) on OSError."""
+        try:
+            return 0, self.run(fn)
+        except OSError as exc:
+            assert exc.errno is not None, exc
+            return exc.errno, None
+
+    def exit(self) -> None:
+        """End the thread and join it."""
+        self._jobs.put(None)
+        self.thread.join(CALL_TIMEOUT)
+        assert not self.thread.is_alive(), f"worker {self.thread.name} did not exit"
+
+
+# --------------------------------------------------------------------------------------------
+# The reference model.
+
+
+class ModelError(Exception):
+    def __init__(self, err: int) -> None:
+        super().__init__(err)
+        self.errno = err
+
+
+def _fail(err: int) -> None:
+    raise ModelError(err)
+
+
+class MArea:
+    """size zeroed 64-bit words, stored sparsely (index -> non-zero value)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.words: dict[int, int] = {}
+
+    def __getitem__(self, i: int) -> int:
+        return self.words.get(i, 0)
+
+    def __setitem__(self, i: int, value: int) -> None:
+        assert 0 <= i < self.size and 0 <= value <= U64
+        if value:
+            self.words[i] = value
+        else:
+            self.words.pop(i, None)
+
+
+@dataclass(eq=False)
+class MTask:
+    ident: int
+    gvisor_kcov: MDevice | None = None  # gVisor t.kcov: the device this task enabled last
+    linux_kcov: MDevice | None = None  # Linux current->kcov: the device it has enabled now
+    work: list[MDevice] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class MDevice:
+    profile: str
+    mode: Mode = Mode.DISABLED
+    size: int = 0
+    area: MArea | None = None
+    owner: MTask | None = None
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class MMapping:
+    area: MArea
+    lo: int  # the view is area words [lo, hi)
+    hi: int
+
+
+def _page_up(n: int) -> int:
+    return -(-n // PAGE) * PAGE
+
+
+class Model:
+    """Both profiles' rules, in the order the spec gives the checks (first failure wins)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, None] = {}  # gvisor, global: an ordered set of PCs
+
+    # -- a device call: the operation, then the caller's task work on the way out -------------
+
+    def call(self, task: MTask, op: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+        try:
+            result = op(task, *args)
+        except ModelError as exc:
+            return exc.errno, None
+        finally:
+            self.return_to_user(task)
+        return 0, result
+
+    def return_to_user(self, task: MTask) -> None:
+        work, task.work = task.work, []
+        for dev in work:
+            if dev.mode == Mode.TRACE_PC:  # gVisor TaskWork; re-registers while tracing
+                self.consume(dev)
+                task.work.append(dev)
+
+    def consume(self, dev: MDevice) -> None:
+        area = dev.area
+        assert area is not None
+        count = area[0]
+        idx = (count + 1) % 2**61  # byte offset 8*(1+count) in uint64 arithmetic
+        written = 0
+        if idx < area.size:
+            for pc in self.pending:
+                if idx + written >= area.size:
+                    break
+                area[idx + written] = pc
+                written += 1
+        self.pending.clear()
+        area[0] = (count + written) & U64
+
+    def gvisor_tracing(self, devices: list[MDevice]) -> bool:
+        return any(d.profile == "gvisor" and d.mode == Mode.TRACE_PC for d in devices)
+
+    # -- the operations ------------------------------------------------------------------------
+
+    def ioctl(self, task: MTask, dev: MDevice, cmd: int, arg: int) -> int:
+        if dev.closed:
+            _fail(errno.EBADF)
+        if cmd == kcovx.KCOV_INIT_TRACE:
+            (self._g_init if dev.profile == "gvisor" else self._l_init)(dev, arg)
+        elif cmd == kcovx.KCOV_ENABLE:
+            (self._g_enable if dev.profile == "gvisor" else self._l_enable)(task, dev, arg)
+        elif cmd == kcovx.KCOV_DISABLE:
+            (self._g_disable if dev.profile == "gvisor" else self._l_disable)(task, dev, arg)
+        else:
+            _fail(errno.ENOTTY)
+        return 0
+
+    def mmap(self, task: MTask, dev: MDevice, length: int | None, offset: int) -> MMapping:
+        if dev.closed:
+            _fail(errno.EBADF)
+        if length is None:
+            length = dev.size * 8
+        if offset % PAGE or length == 0:
+            _fail(errno.EINVAL)
+        if dev.profile == "gvisor":
+            if dev.mode != Mode.INIT:
+                _fail(errno.EINVAL)
+            if dev.area is None:
+                dev.area = MArea(dev.size)
+        elif dev.area is None or offset != 0 or _page_up(length) != dev.size * 8:
+            _fail(errno.EINVAL)
+        area = dev.area
+        assert area is not None
+        lo = min(offset // 8, area.size)
+        hi = min((offset + _page_up(length)) // 8, area.size)
+        return MMapping(area, lo, hi)
+
+    def flush(self, task: MTask, dev: MDevice) -> None:
+        if dev.closed:
+            _fail(errno.EBADF)
+        if dev.profile == "gvisor" and dev.owner is not None and dev.owner is not task:
+            self.return_to_user(dev.owner)
+
+    def close(self, task: MTask, dev: MDevice) -> None:
+        if dev.closed:
+            _fail(errno.EBADF)
+        dev.closed = True
+        if dev.profile == "gvisor":
+            dev.mode = Mode.INIT
+            dev.owner = None
+            dev.area = None
+        # linux: the kcov lives on while its task has it enabled; nothing else changes.
+
+    def task_exit(self, task: MTask) -> None:
+        dev = task.gvisor_kcov
+        if dev is not None:  # OnTaskExit on t.kcov, whoever owns it now; the mapping stays
+            dev.mode = Mode.INIT
+            dev.owner = None
+        dev = task.linux_kcov
+        if dev is not None:
+            dev.mode = Mode.INIT
+            dev.owner = None
+        task.gvisor_kcov = task.linux_kcov = None
+        task.work.clear()
+
+    def trace_pc(self, task: MTask, pc: int, devices: list[MDevice]) -> None:
+        if self.gvisor_tracing(devices):
+            self.pending.setdefault(pc, None)
+        dev = task.linux_kcov
+        if dev is not None and dev.mode == Mode.TRACE_PC:
+            area = dev.area
+            assert area is not None
+            pos = (area[0] + 1) & U64
+            if pos < area.size:
+                area[pos] = pc
+                area[0] = pos
+                if pos == 0:  # the count was 2**64-1: Linux stores pos, then the PC, at word 0
+                    area[0] = pc
+
+    def trace_cmp(self, task: MTask, rec: tuple[int, int, int, int]) -> None:
+        dev = task.linux_kcov
+        if dev is not None and dev.mode == Mode.TRACE_CMP:
+            area = dev.area
+            assert area is not None
+            count = area[0]
+            start = (1 + 4 * count) & U64
+            if start + 4 <= area.size:
+                for i, word in enumerate(rec):
+                    area[start + i] = word
+                area[0] = (count + 1) & U64
+
+    # -- gvisor --------------------------------------------------------------------------------
+
+    def _g_init(self, dev: MDevice, size: int) -> None:
+        if dev.mode != Mode.DISABLED:
+            _fail(errno.EBUSY)
+        if (8 * size) % PAGE:
+            _fail(errno.EINVAL)
+        if size < 2 or size > GVISOR_MAX:
+            _fail(errno.EINVAL)
+        dev.size = size
+        dev.mode = Mode.INIT
+
+    def _g_enable(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if dev.mode != Mode.INIT or dev.area is None:
+            _fail(errno.EINVAL)
+        kind = arg & 0xFF
+        if kind == 1:
+            _fail(errno.EOPNOTSUPP)
+        if kind != 0:
+            _fail(errno.EINVAL)
+        dev.mode = Mode.TRACE_PC
+        dev.owner = task
+        task.gvisor_kcov = dev
+        task.work.append(dev)
+        self.pending.clear()
+
+    def _g_disable(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if arg != 0:
+            _fail(errno.EINVAL)
+        if dev.owner is not task:
+            _fail(errno.EINVAL)
+        dev.mode = Mode.INIT
+        dev.owner = None
+        dev.area = None
+
+    # -- linux ---------------------------------------------------------------------------------
+
+    def _l_init(self, dev: MDevice, size: int) -> None:
+        if size < 2 or size > LINUX_MAX:
+            _fail(errno.EINVAL)
+        if dev.mode != Mode.DISABLED:
+            _fail(errno.EBUSY)
+        dev.area = MArea(size)
+        dev.size = size
+        dev.mode = Mode.INIT
+
+    def _l_enable(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if dev.mode != Mode.INIT:
+            _fail(errno.EINVAL)
+        if task.linux_kcov is not None:
+            _fail(errno.EBUSY)
+        if arg not in (0, 1):
+            _fail(errno.EINVAL)
+        dev.mode = Mode.TRACE_PC if arg == 0 else Mode.TRACE_CMP
+        dev.owner = task
+        task.linux_kcov = dev
+
+    def _l_disable(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if arg != 0 or task.linux_kcov is not dev:
+            _fail(errno.EINVAL)
+        task.linux_kcov = None
+        dev.mode = Mode.INIT
+        dev.owner = None
+
+
+# --------------------------------------------------------------------------------------------
+# The machine.
+
+
+@dataclass(eq=False)
+class DevicePair:
+    real: kcovx.Device
+    ref: MDevice
+
+
+@dataclass(eq=False)
+class MappingPair:
+    view: np.ndarray[Any, np.dtype[np.uint64]]
+    ref: MMapping
+    label: str
+
+
+def _errname(err: int) -> str:
+    return "success" if err == 0 else f"{errno.errorcode.get(err, '?')}({err})"
+
+
+threads = st.integers(0, N_THREADS - 1)
+profiles = st.sampled_from(kcovx.PROFILES)
+sizes = st.sampled_from([512] * 5 + [1024] * 5 + [0, 1, 2, 513, GVISOR_MAX + 512, U64])
+good_sizes = st.sampled_from([512, 1024])
+enable_args = st.sampled_from([0, 0, 0, 1, 1, 2, 256, 257, U64])
+good_enable_args = st.sampled_from([0, 0, 0, 1, 256])  # 1: gvisor EOPNOTSUPP, linux CMP
+disable_args = st.sampled_from([0, 0, 0, 0, 0, 1, 256])
+# Any ioctl: (cmd, arg).
+ioctls = st.one_of(
+    st.tuples(st.just(kcovx.KCOV_INIT_TRACE), sizes),
+    st.tuples(st.just(kcovx.KCOV_ENABLE), enable_args),
+    st.tuples(st.just(kcovx.KCOV_DISABLE), disable_args),
+    st.tuples(st.sampled_from(UNKNOWN_CMDS), st.sampled_from([0, 1])),
+)
+# mmap length: None (the whole area), relative to the area's bytes ("rel", d), or absolute.
+lengths = st.sampled_from(
+    [None] * 4
+    + [("rel", 0), ("rel", 0), ("rel", -100), ("rel", 8)]
+    + [("abs", 0), ("abs", 1), ("abs", PAGE), ("abs", 2**30)]
+)
+offsets = st.sampled_from([0, 0, 0, 0, PAGE, 1, 8])
+pcs = st.one_of(st.integers(0, 15), st.sampled_from([0, U64, 2**63, 0xFFFFFFFF81000000]))
+cmp_records = st.one_of(
+    st.tuples(st.integers(0, 7), st.integers(0, 255), st.integers(0, 255), st.integers(0, 15)),
+    st.tuples(st.sampled_from([6, 7]), st.just(U64), st.integers(0, 3), st.just(U64)),
+)
+# What a thread executes between system calls: covered PCs and comparisons, interleaved.
+events = st.lists(
+    st.one_of(pcs.map(lambda pc: ("pc", pc)), cmp_records.map(lambda r: ("cmp", r))),
+    min_size=1,
+    max_size=8,
+)
+# A word user code stores into a mapping: absolute, or relative to the area size (mod 2**64).
+edge_words = st.sampled_from(
+    [("abs", 0)] * 4
+    + [("abs", v) for v in (1, 5, 2**61 - 1, 2**61, 2**62, 2**63, U64)]
+    + [("rel", d) for d in (-3, -2, -1, 0, 1)]
+)
+word_values = st.one_of(edge_words, edge_words, st.integers(0, 1100).map(lambda v: ("abs", v)))
+
+
+class KcovMachine(RuleBasedStateMachine):
+    devices = Bundle("devices")
+    mappings = Bundle("mappings")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Model()
+        self.pairs: list[DevicePair] = []
+        self.maps: list[MappingPair] = []
+        self.workers: list[Worker] = []
+        self.tasks: list[MTask] = []
+        self.generation = 0
+        for i in range(N_THREADS):
+            self._start_worker(i)
+
+    def _start_worker(self, i: int) -> None:
+        worker = Worker(f"kcov-task-{i}.{self.generation}")
+        self.generation += 1
+        task = MTask(worker.ident)
+        if i < len(self.workers):
+            self.workers[i], self.tasks[i] = worker, task
+        else:
+            self.workers.append(worker)
+            self.tasks.append(task)
+
+    def _step(
+        self,
+        what: str,
+        w: int,
+        model_op: Callable[..., Any],
+        model_args: tuple[Any, ...],
+        real_op: Callable[[], Any],
+    ) -> tuple[Any, Any]:
+        """One device call on thread w, in kcovx and in the model; the errno must agree."""
+        want_err, want = self.model.call(self.tasks[w], model_op, *model_args)
+        got_err, got = self.workers[w].call(real_op)
+        assert got_err == want_err, (
+            f"{what} on thread {w}: kcovx gave {_errname(got_err)}, "
+            f"the model expects {_errname(want_err)}"
+        )
+        return got, want
+
+    # -- the calls (each compared), shared by the rules ----------------------------------------
+
+    def _ioctl(self, d: DevicePair, w: int, cmd: int, arg: int) -> None:
+        real: Callable[[], Any]
+        if cmd == kcovx.KCOV_INIT_TRACE:
+            what, real = f"init_trace({arg})", lambda: d.real.init_trace(arg)
+        elif cmd == kcovx.KCOV_ENABLE:
+            what, real = f"enable({arg})", lambda: d.real.enable(arg)
+        elif cmd == kcovx.KCOV_DISABLE and arg == 0:
+            what, real = "disable()", d.real.disable
+        else:
+            what, real = f"ioctl({cmd:#x}, {arg})", lambda: d.real.ioctl(cmd, arg)
+        got, _ = self._step(what, w, self.model.ioctl, (d.ref, cmd, arg), real)
+        assert got in (0, None), (what, got)
+
+    def _mmap(self, d: DevicePair, w: int, length: int | None, offset: int) -> MappingPair | None:
+        what = f"mmap(length={length}, offset={offset})"
+        view, ref = self._step(
+            what, w, self.model.mmap, (d.ref, length, offset), lambda: d.real.mmap(length, offset)
+        )
+        if ref is None:
+            return None
+        assert isinstance(view, np.ndarray) and view.dtype == np.uint64, type(view)
+        assert len(view) == ref.hi - ref.lo, (what, len(view), ref.lo, ref.hi)
+        pair = MappingPair(view, ref, f"{what} of a {d.ref.profile} device")
+        self.maps.append(pair)
+        return pair
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @initialize(target=devices)
+    def open_one_of_each(self) -> Any:
+        return multiple(*(self.open_device(0, profile) for profile in kcovx.PROFILES))
+
+    @precondition(
+        lambda self: sum(not p.ref.closed for p in self.pairs) < MAX_OPEN
+        and len(self.pairs) < MAX_DEVICES
+    )
+    @rule(target=devices, w=threads, profile=profiles)
+    def open_device(self, w: int, profile: str) -> DevicePair:
+        real = self.workers[w].run(lambda: kcovx.open(profile=profile))
+        pair = DevicePair(real, MDevice(profile))
+        self.pairs.append(pair)
+        return pair
+
+    @rule(d=devices, w=threads, call=ioctls)
+    def ioctl(self, d: DevicePair, w: int, call: tuple[int, int]) -> None:
+        self._ioctl(d, w, *call)
+
+    @rule(d=devices, w=threads, by_owner=st.booleans())
+    def disable(self, d: DevicePair, w: int, by_owner: bool) -> None:
+        """DISABLE(0), half the time from the thread the model says owns the device."""
+        if by_owner and d.ref.owner in self.tasks:
+            w = self.tasks.index(d.ref.owner)
+        self._ioctl(d, w, kcovx.KCOV_DISABLE, 0)
+
+    @rule(target=mappings, d=devices, w=threads, length=lengths, offset=offsets)
+    def mmap(self, d: DevicePair, w: int, length: tuple[str, int] | None, offset: int) -> Any:
+        n = None
+        if length is not None:
+            kind, v = length
+            n = max(0, d.ref.size * 8 + v) if kind == "rel" else v
+        pair = self._mmap(d, w, n, offset)
+        return multiple() if pair is None else pair
+
+    @rule(target=mappings, d=devices, w=threads, size=good_sizes, arg=good_enable_args)
+    def init_map_enable(self, d: DevicePair, w: int, size: int, arg: int) -> Any:
+        """The usual set-up, three calls in one rule, so that runs reach the tracing states."""
+        self._ioctl(d, w, kcovx.KCOV_INIT_TRACE, size)
+        pair = self._mmap(d, w, None, 0)
+        self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
+        return multiple() if pair is None else pair
+
+    @rule(target=mappings, d=devices, w=threads, arg=good_enable_args)
+    def map_enable(self, d: DevicePair, w: int, arg: int) -> Any:
+        """Map and enable: what gvisor needs after a DISABLE or a thread exit."""
+        pair = self._mmap(d, w, None, 0)
+        self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
+        return multiple() if pair is None else pair
+
+    @rule(d=devices, w=threads, close=st.sampled_from([False, False, False, True]))
+    def flush_or_close(self, d: DevicePair, w: int, close: bool) -> None:
+        if close:
+            self._step("close()", w, self.model.close, (d.ref,), d.real.close)
+        else:
+            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+
+    @rule(
+        w=threads, todo=events, d=devices, by_owner=st.booleans(), then_flush=st.booleans()
+    )
+    def trace(
+        self, w: int, todo: list[tuple[str, Any]], d: DevicePair, by_owner: bool,
+        then_flush: bool,
+    ) -> None:
+        """Thread w (half the time: d's owner) covers PCs and comparisons, then sometimes
+        makes a device call, flush(d)."""
+        if by_owner and d.ref.owner in self.tasks:
+            w = self.tasks.index(d.ref.owner)
+
+        def run() -> None:
+            for kind, v in todo:
+                if kind == "pc":
+                    kcovx.trace_pc(v)
+                else:
+                    kcovx.trace_cmp(*v)
+
+        self.workers[w].run(run)
+        devices = [p.ref for p in self.pairs]
+        for kind, v in todo:
+            if kind == "pc":
+                self.model.trace_pc(self.tasks[w], v, devices)
+            else:
+                self.model.trace_cmp(self.tasks[w], v)
+        if then_flush:
+            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+
+    @rule(m=mappings, count=st.booleans(), pos=st.integers(0, 2**20), value=word_values)
+    def write_word(self, m: MappingPair, count: bool, pos: int, value: tuple[str, int]) -> None:
+        """User code stores into the area: mostly the count word (a reset, or any value)."""
+        if len(m.view) == 0:
+            return
+        j = 0 if count else pos % len(m.view)
+        kind, v = value
+        word = (m.ref.area.size + v) & U64 if kind == "rel" else v
+        m.view[j] = np.uint64(word)
+        m.ref.area[m.ref.lo + j] = word
+
+    @rule(w=threads)
+    def thread_exit(self, w: int) -> None:
+        """Thread w exits (and is joined); a fresh thread takes its slot."""
+        self.workers[w].exit()
+        self.model.task_exit(self.tasks[w])
+        self._start_worker(w)
+
+    # -- the comparison after every rule -------------------------------------------------------
+
+    @invariant()
+    def devices_agree(self) -> None:
+        for i, p in enumerate(self.pairs):
+            real, ref = p.real, p.ref
+            want_owner = None if ref.owner is None else ref.owner.ident
+            got = (real.mode, real.owner, real.size, real.closed)
+            want = (ref.mode, want_owner, ref.size, ref.closed)
+            assert got == want, (
+                f"device {i} ({ref.profile}): kcovx (mode, owner, size, closed) = {got}, "
+                f"the model expects {want}"
+            )
+
+    @invariant()
+    def mappings_agree(self) -> None:
+        for m in self.maps:
+            view, ref = m.view, m.ref
+            want = {i - ref.lo: v for i, v in ref.area.words.items() if ref.lo <= i < ref.hi}
+            nonzero = int(np.count_nonzero(view))
+            got_at = {j: int(view[j]) for j in want}
+            if nonzero != len(want) or got_at != want:
+                nz = np.flatnonzero(view)
+                got = dict(zip(nz.tolist(), view[nz].tolist(), strict=True))
+                assert got == want, (
+                    f"{m.label}: kcovx area words (index: value, non-zero only) {got}, "
+                    f"the model expects {want}"
+                )
+
+    # -- cleanup -------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        for worker in self.workers:
+            if worker.thread.is_alive():
+                worker.exit()
+        self.workers.clear()
+        for p in self.pairs:
+            if not p.real.closed:
+                p.real.close()
+        self.pairs.clear()
+        self.maps.clear()
+
+
+KcovMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("KCOVX_SM_EXAMPLES", "150")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestKcovStateMachine = KcovMachine.TestCase
