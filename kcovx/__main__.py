@@ -1,4 +1,4 @@
-"""The command line: ``python -m kcovx`` runs the end-to-end demo of a kcov device.
+"""The command line: ``kcovx demo`` (or ``python -m kcovx demo``) runs the end-to-end demo.
 
 Owns nothing but printing: opens a device, sizes and maps its area, enables it for this
 thread, records a few PCs the way a fuzzing loop would (reset word 0, run one input, read the
@@ -52,7 +52,7 @@ def demo(profile: str, size: int, out: TextIO | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kcovx", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kcovx", description=__doc__)
     parser.add_argument("command", nargs="?", default="demo", choices=["demo"])
     parser.add_argument("--profile", default="gvisor", choices=list(kcovx.PROFILES))
     parser.add_argument("--size", type=int, default=512, help="area size in words")

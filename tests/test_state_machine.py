@@ -427,7 +427,7 @@ events = st.lists(
 # A word user code stores into a mapping: absolute, or relative to the area size (mod 2**64).
 edge_words = st.sampled_from(
     [("abs", 0)] * 4
-    + [("abs", v) for v in (1, 5, 2**61 - 1, 2**61, 2**62, 2**63, U64)]
+    + [("abs", v) for v in (1, 5, 2**61 - 1, 2**61, 2**62, 2**63, U64, U64)]
     + [("rel", d) for d in (-3, -2, -1, 0, 1)]
 )
 word_values = st.one_of(edge_words, edge_words, st.integers(0, 1100).map(lambda v: ("abs", v)))
@@ -555,6 +555,15 @@ class KcovMachine(RuleBasedStateMachine):
         self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
         return multiple() if pair is None else pair
 
+    @rule(target=mappings, d=devices, w=threads)
+    def hand_over(self, d: DevicePair, w: int) -> Any:
+        """The owner disables d and thread w maps and enables it (gvisor's exit quirk needs
+        this: the old owner's exit then resets w's session)."""
+        owner = self._owner_slot(d)
+        if owner is not None:
+            self._ioctl(d, owner, kcovx.KCOV_DISABLE, 0)
+        return self.map_enable(d, w, 0)
+
     @rule(d=devices, w=threads, close=st.sampled_from([False, False, False, True]))
     def flush_or_close(self, d: DevicePair, w: int, close: bool) -> None:
         if close:
@@ -562,17 +571,8 @@ class KcovMachine(RuleBasedStateMachine):
         else:
             self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
 
-    @rule(
-        w=threads, todo=events, d=devices, by_owner=st.booleans(), then_flush=st.booleans()
-    )
-    def trace(
-        self, w: int, todo: list[tuple[str, Any]], d: DevicePair, by_owner: bool,
-        then_flush: bool,
-    ) -> None:
-        """Thread w (half the time: d's owner) covers PCs and comparisons, then sometimes
-        makes a device call, flush(d)."""
-        if by_owner and d.ref.owner in self.tasks:
-            w = self.tasks.index(d.ref.owner)
+    def _run_code(self, w: int, todo: list[tuple[str, Any]]) -> None:
+        """Thread w executes code that covers PCs and comparisons (no system call)."""
 
         def run() -> None:
             for kind, v in todo:
@@ -588,19 +588,62 @@ class KcovMachine(RuleBasedStateMachine):
                 self.model.trace_pc(self.tasks[w], v, devices)
             else:
                 self.model.trace_cmp(self.tasks[w], v)
-        if then_flush:
-            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
 
-    @rule(m=mappings, count=st.booleans(), pos=st.integers(0, 2**20), value=word_values)
-    def write_word(self, m: MappingPair, count: bool, pos: int, value: tuple[str, int]) -> None:
-        """User code stores into the area: mostly the count word (a reset, or any value)."""
-        if len(m.view) == 0:
-            return
-        j = 0 if count else pos % len(m.view)
+    def _store(self, m: MappingPair, j: int, value: tuple[str, int]) -> None:
+        """User code stores value into word j of a mapping."""
         kind, v = value
         word = (m.ref.area.size + v) & U64 if kind == "rel" else v
         m.view[j] = np.uint64(word)
         m.ref.area[m.ref.lo + j] = word
+
+    def _owner_slot(self, d: DevicePair) -> int | None:
+        """The worker slot of d's owner per the model, if that thread still runs."""
+        owner = d.ref.owner
+        return self.tasks.index(owner) if owner in self.tasks else None
+
+    @rule(w=threads, todo=events, d=devices, by_owner=st.booleans(), then_flush=st.booleans())
+    def trace(
+        self, w: int, todo: list[tuple[str, Any]], d: DevicePair, by_owner: bool, then_flush: bool
+    ) -> None:
+        """Thread w (or d's owner) runs code, then sometimes makes a device call: flush(d)."""
+        if by_owner:
+            w = self._owner_slot(d) if self._owner_slot(d) is not None else w
+        self._run_code(w, todo)
+        if then_flush:
+            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+
+    @rule(d=devices, w=threads, todo=events)
+    def flush_from_another_thread(
+        self, d: DevicePair, w: int, todo: list[tuple[str, Any]]
+    ) -> None:
+        """A thread that does not own d runs code, then flushes d (which runs the owner's
+        task work, in the gvisor profile)."""
+        owner = self._owner_slot(d)
+        if owner == w:
+            w = (w + 1) % N_THREADS
+        self._run_code(w, todo)
+        self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+
+    @rule(m=mappings, count=st.booleans(), pos=st.integers(0, 2**20), value=word_values)
+    def write_word(self, m: MappingPair, count: bool, pos: int, value: tuple[str, int]) -> None:
+        """User code stores into the area: mostly the count word (a reset, or any value)."""
+        if len(m.view):
+            self._store(m, 0 if count else pos % len(m.view), value)
+
+    @rule(m=mappings, start=word_values, todo=events, w=threads)
+    def run_input(
+        self, m: MappingPair, start: tuple[str, int], todo: list[tuple[str, Any]], w: int
+    ) -> None:
+        """The kcov loop on a mapping: store the count (a reset, or an edge value), run code
+        on the thread that owns the area's device, make a system call (flush) there."""
+        d = next((p for p in self.pairs if p.ref.area is m.ref.area), None)
+        if d is not None and self._owner_slot(d) is not None:
+            w = self._owner_slot(d)  # type: ignore[assignment]
+        if len(m.view) and m.ref.lo == 0:
+            self._store(m, 0, start)
+        self._run_code(w, todo)
+        d = d or self.pairs[0]
+        self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
 
     @rule(w=threads)
     def thread_exit(self, w: int) -> None:

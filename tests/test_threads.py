@@ -154,6 +154,9 @@ def test_gvisor_exit_resets_only_last_enabled_device(devices: Devices) -> None:
     assert d1.owner == a_ident
     raises_errno(errno.EINVAL, d1.enable)
     raises_errno(errno.EINVAL, d1.disable)
+    # Nobody can ever consume for d1 again, so PCs must not pile up in the pending set.
+    kcovx.trace_pcs(np.arange(1, 1001, dtype=np.uint64))
+    assert kcovx._area._pending_len() == 0
     d1.close()
 
 
