@@ -1,0 +1,42 @@
+"""Session set-up shared by every test file.
+
+The suite tests whichever kcovx the interpreter imports: the installed package in CI and in the
+README's command (``.venv/bin/pytest``), or an in-place build with ``PYTHONPATH=.`` while
+developing.  Subprocesses must import that same kcovx, so the session runs from an empty
+working directory (``python -c`` puts the working directory first on sys.path, and from the
+repository root that would be the unbuilt source tree) with the package's parent folder first
+on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import kcovx
+
+KCOVX_HOME = str(Path(kcovx.__file__).resolve().parent.parent)
+
+
+def pytest_report_header() -> str:
+    return f"kcovx {kcovx.__version__} from {Path(kcovx.__file__).parent} (Python {sys.version.split()[0]})"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _subprocesses_import_this_kcovx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    old_cwd = os.getcwd()
+    old_path = os.environ.get("PYTHONPATH")
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (KCOVX_HOME, old_path) if p)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
