@@ -7,7 +7,7 @@ missed, anything else: the script failed) and wall times.  Exits 0 if every scri
 1 if the only failures are missed targets, 2 if a script failed.
 
 Each script runs with the same interpreter (``sys.executable``) and environment as this one, so
-``PYTHONPATH=/work/main python benchmarks/run_all.py`` measures the in-place build and a venv's
+``PYTHONPATH=. python benchmarks/run_all.py`` measures the in-place build and a venv's
 python measures that venv's installed kcovx.  Scripts run one after another, never in parallel
 (the machine's cores are shared).  Options: ``--quick`` is passed on to every script; any other
 argument selects scripts whose file name contains it.

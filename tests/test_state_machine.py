@@ -8,6 +8,18 @@ from kcovx's code.  Every rule performs one operation on kcovx and on the model 
 the errno (or success); after every rule an invariant compares each device's mode, owner,
 size and closed flag, and the contents of every mapping the test holds.
 
+Where the written semantics leave a detail open, the model takes: flush() of a gvisor device
+from a thread other than its owner runs the owner's task work first, then the caller's; flush()
+of a linux device runs only the caller's (its owner has no task work of that device); linux
+appends use uint64 arithmetic, so a count of 2**64-1 puts the PC in word 0 (kcov-semantics.md
+(c)) and a CMP record goes at (1 + 4*count) mod 2**64 if all four words fit; a mapping's view
+is the page-rounded [offset, offset+length) clipped to the area (kcovx's documented mmap).
+
+Besides one rule per call, a few compound rules (init_map_enable, map_enable, hand_over,
+run_input, flush_from_another_thread) do the usual multi-call sequences, so that 40-step runs
+reach tracing, clipping and ownership states; every call inside them is compared too.
+KCOVX_SM_EXAMPLES overrides max_examples (150) for longer hunts.
+
 Invariants of the model: a gvisor device in TRACE_PC always has an owner and an area; a linux
 device has an area from INIT on; ``pending`` (gvisor, global) holds each PC once, in the order
 first covered; a task's ``work`` lists the gvisor devices it will run task work for, in
@@ -84,7 +96,7 @@ class Worker:
                 return
             try:
                 self._results.put((job(), None))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
+            except BaseException as exc:  # handed back to the test thread
                 self._results.put((None, exc))
             del job
 
@@ -392,7 +404,7 @@ def _errname(err: int) -> str:
     return "success" if err == 0 else f"{errno.errorcode.get(err, '?')}({err})"
 
 
-threads = st.integers(0, N_THREADS - 1)
+threads = st.sampled_from([0, *range(N_THREADS)])  # 0 doubled: more threads using several devices
 profiles = st.sampled_from(kcovx.PROFILES)
 sizes = st.sampled_from([512] * 5 + [1024] * 5 + [0, 1, 2, 513, GVISOR_MAX + 512, U64])
 good_sizes = st.sampled_from([512, 1024])
@@ -475,6 +487,15 @@ class KcovMachine(RuleBasedStateMachine):
         )
         return got, want
 
+    def _name(self, d: DevicePair) -> str:
+        """The device as hypothesis names it in a failing example (devices_<n>)."""
+        return f"devices_{self.pairs.index(d)} ({d.ref.profile})"
+
+    def _owner_slot(self, d: DevicePair) -> int | None:
+        """The worker slot of d's owner per the model, if that thread still runs."""
+        owner = d.ref.owner
+        return self.tasks.index(owner) if owner in self.tasks else None
+
     # -- the calls (each compared), shared by the rules ----------------------------------------
 
     def _ioctl(self, d: DevicePair, w: int, cmd: int, arg: int) -> None:
@@ -487,19 +508,24 @@ class KcovMachine(RuleBasedStateMachine):
             what, real = "disable()", d.real.disable
         else:
             what, real = f"ioctl({cmd:#x}, {arg})", lambda: d.real.ioctl(cmd, arg)
-        got, _ = self._step(what, w, self.model.ioctl, (d.ref, cmd, arg), real)
+        got, _ = self._step(f"{self._name(d)}.{what}", w, self.model.ioctl, (d.ref, cmd, arg), real)
         assert got in (0, None), (what, got)
 
     def _mmap(self, d: DevicePair, w: int, length: int | None, offset: int) -> MappingPair | None:
         what = f"mmap(length={length}, offset={offset})"
         view, ref = self._step(
-            what, w, self.model.mmap, (d.ref, length, offset), lambda: d.real.mmap(length, offset)
+            f"{self._name(d)}.{what}",
+            w,
+            self.model.mmap,
+            (d.ref, length, offset),
+            lambda: d.real.mmap(length, offset),
         )
         if ref is None:
             return None
         assert isinstance(view, np.ndarray) and view.dtype == np.uint64, type(view)
         assert len(view) == ref.hi - ref.lo, (what, len(view), ref.lo, ref.hi)
-        pair = MappingPair(view, ref, f"{what} of a {d.ref.profile} device")
+        name = f"mappings_{len(self.maps)}: {what} of {self._name(d)}"
+        pair = MappingPair(view, ref, name)
         self.maps.append(pair)
         return pair
 
@@ -510,8 +536,9 @@ class KcovMachine(RuleBasedStateMachine):
         return multiple(*(self.open_device(0, profile) for profile in kcovx.PROFILES))
 
     @precondition(
-        lambda self: sum(not p.ref.closed for p in self.pairs) < MAX_OPEN
-        and len(self.pairs) < MAX_DEVICES
+        lambda self: (
+            sum(not p.ref.closed for p in self.pairs) < MAX_OPEN and len(self.pairs) < MAX_DEVICES
+        )
     )
     @rule(target=devices, w=threads, profile=profiles)
     def open_device(self, w: int, profile: str) -> DevicePair:
@@ -527,8 +554,9 @@ class KcovMachine(RuleBasedStateMachine):
     @rule(d=devices, w=threads, by_owner=st.booleans())
     def disable(self, d: DevicePair, w: int, by_owner: bool) -> None:
         """DISABLE(0), half the time from the thread the model says owns the device."""
-        if by_owner and d.ref.owner in self.tasks:
-            w = self.tasks.index(d.ref.owner)
+        owner = self._owner_slot(d)
+        if by_owner and owner is not None:
+            w = owner
         self._ioctl(d, w, kcovx.KCOV_DISABLE, 0)
 
     @rule(target=mappings, d=devices, w=threads, length=lengths, offset=offsets)
@@ -567,9 +595,9 @@ class KcovMachine(RuleBasedStateMachine):
     @rule(d=devices, w=threads, close=st.sampled_from([False, False, False, True]))
     def flush_or_close(self, d: DevicePair, w: int, close: bool) -> None:
         if close:
-            self._step("close()", w, self.model.close, (d.ref,), d.real.close)
+            self._step(f"{self._name(d)}.close()", w, self.model.close, (d.ref,), d.real.close)
         else:
-            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+            self._flush(d, w)
 
     def _run_code(self, w: int, todo: list[tuple[str, Any]]) -> None:
         """Thread w executes code that covers PCs and comparisons (no system call)."""
@@ -596,33 +624,30 @@ class KcovMachine(RuleBasedStateMachine):
         m.view[j] = np.uint64(word)
         m.ref.area[m.ref.lo + j] = word
 
-    def _owner_slot(self, d: DevicePair) -> int | None:
-        """The worker slot of d's owner per the model, if that thread still runs."""
-        owner = d.ref.owner
-        return self.tasks.index(owner) if owner in self.tasks else None
+    def _flush(self, d: DevicePair, w: int) -> None:
+        self._step(f"{self._name(d)}.flush()", w, self.model.flush, (d.ref,), d.real.flush)
 
     @rule(w=threads, todo=events, d=devices, by_owner=st.booleans(), then_flush=st.booleans())
     def trace(
         self, w: int, todo: list[tuple[str, Any]], d: DevicePair, by_owner: bool, then_flush: bool
     ) -> None:
         """Thread w (or d's owner) runs code, then sometimes makes a device call: flush(d)."""
-        if by_owner:
-            w = self._owner_slot(d) if self._owner_slot(d) is not None else w
+        owner = self._owner_slot(d)
+        if by_owner and owner is not None:
+            w = owner
         self._run_code(w, todo)
         if then_flush:
-            self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+            self._flush(d, w)
 
     @rule(d=devices, w=threads, todo=events)
-    def flush_from_another_thread(
-        self, d: DevicePair, w: int, todo: list[tuple[str, Any]]
-    ) -> None:
+    def flush_from_another_thread(self, d: DevicePair, w: int, todo: list[tuple[str, Any]]) -> None:
         """A thread that does not own d runs code, then flushes d (which runs the owner's
         task work, in the gvisor profile)."""
         owner = self._owner_slot(d)
         if owner == w:
             w = (w + 1) % N_THREADS
         self._run_code(w, todo)
-        self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+        self._flush(d, w)
 
     @rule(m=mappings, count=st.booleans(), pos=st.integers(0, 2**20), value=word_values)
     def write_word(self, m: MappingPair, count: bool, pos: int, value: tuple[str, int]) -> None:
@@ -636,14 +661,14 @@ class KcovMachine(RuleBasedStateMachine):
     ) -> None:
         """The kcov loop on a mapping: store the count (a reset, or an edge value), run code
         on the thread that owns the area's device, make a system call (flush) there."""
-        d = next((p for p in self.pairs if p.ref.area is m.ref.area), None)
-        if d is not None and self._owner_slot(d) is not None:
-            w = self._owner_slot(d)  # type: ignore[assignment]
+        d = next((p for p in self.pairs if p.ref.area is m.ref.area), self.pairs[0])
+        owner = self._owner_slot(d)
+        if owner is not None:
+            w = owner
         if len(m.view) and m.ref.lo == 0:
             self._store(m, 0, start)
         self._run_code(w, todo)
-        d = d or self.pairs[0]
-        self._step("flush()", w, self.model.flush, (d.ref,), d.real.flush)
+        self._flush(d, w)
 
     @rule(w=threads)
     def thread_exit(self, w: int) -> None:
@@ -656,14 +681,16 @@ class KcovMachine(RuleBasedStateMachine):
 
     @invariant()
     def devices_agree(self) -> None:
-        for i, p in enumerate(self.pairs):
+        for p in self.pairs:
             real, ref = p.real, p.ref
             want_owner = None if ref.owner is None else ref.owner.ident
             got = (real.mode, real.owner, real.size, real.closed)
             want = (ref.mode, want_owner, ref.size, ref.closed)
             assert got == want, (
-                f"device {i} ({ref.profile}): kcovx (mode, owner, size, closed) = {got}, "
-                f"the model expects {want}"
+                f"{self._name(p)}: kcovx has (mode, owner, size, closed) = {got}, "
+                f"the model expects {want} (threads: "
+                + ", ".join(f"{i}={t.ident}" for i, t in enumerate(self.tasks))
+                + ")"
             )
 
     @invariant()
@@ -684,15 +711,18 @@ class KcovMachine(RuleBasedStateMachine):
     # -- cleanup -------------------------------------------------------------------------------
 
     def teardown(self) -> None:
-        for worker in self.workers:
-            if worker.thread.is_alive():
-                worker.exit()
-        self.workers.clear()
-        for p in self.pairs:
-            if not p.real.closed:
-                p.real.close()
-        self.pairs.clear()
-        self.maps.clear()
+        """Join every worker (their exits reset what they own), then close every device."""
+        try:
+            for worker in self.workers:
+                if worker.thread.is_alive():
+                    worker.exit()
+        finally:
+            self.workers.clear()
+            for p in self.pairs:
+                if not p.real.closed:
+                    p.real.close()
+            self.pairs.clear()
+            self.maps.clear()
 
 
 KcovMachine.TestCase.settings = settings(
