@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _kcovx_support import Devices
 
 import kcovx
 
@@ -23,7 +24,8 @@ KCOVX_HOME = str(Path(kcovx.__file__).resolve().parent.parent)
 
 
 def pytest_report_header() -> str:
-    return f"kcovx {kcovx.__version__} from {Path(kcovx.__file__).parent} (Python {sys.version.split()[0]})"
+    where = Path(kcovx.__file__).parent
+    return f"kcovx {kcovx.__version__} from {where} (Python {sys.version.split()[0]})"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,3 +42,13 @@ def _subprocesses_import_this_kcovx(tmp_path_factory: pytest.TempPathFactory) ->
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old_path
+
+
+@pytest.fixture
+def devices() -> Iterator[Devices]:
+    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
+    d = Devices()
+    try:
+        yield d
+    finally:
+        d.cleanup()

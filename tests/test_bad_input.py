@@ -11,7 +11,7 @@ import errno
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,6 @@ from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
 from kcovx import KCOV_DISABLE, KCOV_ENABLE, KCOV_INIT_TRACE, KCOV_REMOTE_ENABLE, Area, Mode
-
-
-@pytest.fixture
-def devices() -> Iterator[Devices]:
-    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
-    d = Devices()
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 PROFILES = ["gvisor", "linux"]
 

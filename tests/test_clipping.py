@@ -12,25 +12,12 @@ Linux-profile devices are enabled by the main thread and disabled by the ``devic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from _kcovx_support import Devices, in_thread
 
 import kcovx
 from kcovx import KCOV_CMP_CONST, KCOV_CMP_SIZE, KCOV_TRACE_CMP, Area
-
-
-@pytest.fixture
-def devices() -> Iterator[Devices]:
-    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
-    d = Devices()
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 U64_MAX = 2**64 - 1
 SENTINEL = 0xDEAD_BEEF_0000_0000

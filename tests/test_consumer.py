@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -98,16 +97,6 @@ def consumers(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         lib=lib,
         built_against=(lib / "built_against.txt").read_text(encoding="utf-8"),
     )
-
-
-@pytest.fixture
-def devices() -> Iterator[Devices]:
-    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
-    d = Devices()
-    try:
-        yield d
-    finally:
-        d.cleanup()
 
 
 def words(area: kcovx.Area) -> np.ndarray:

@@ -21,7 +21,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +28,6 @@ import pytest
 from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
-
-
-@pytest.fixture
-def devices() -> Iterator[Devices]:
-    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
-    d = Devices()
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 PY = sys.executable
 ROOT = str(Path(kcovx.__file__).resolve().parent.parent)

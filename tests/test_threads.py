@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,16 +17,6 @@ from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
 from kcovx import Mode
-
-
-@pytest.fixture
-def devices() -> Iterator[Devices]:
-    """Devices opened by the test; disabled (if this thread owns them) and closed after it."""
-    d = Devices()
-    try:
-        yield d
-    finally:
-        d.cleanup()
 
 
 def raises_errno(err: int, fn: object, *args: object) -> None:
