@@ -24,7 +24,8 @@ machine; tables show medians over the rounds, the spread (p25-p75) and the ratio
 
 Threading: single-threaded; the timed loops run without the GIL.  Runs in well under 60 s
 (the build takes most of it).  Usage: ``python benchmarks/bench_c_append.py [--quick]``, with
-kcovx installed or ``PYTHONPATH=.`` after an in-place build.  Exit status 0 if the target is met, 1 if not.
+kcovx installed or ``PYTHONPATH=.`` after an in-place build.  Exit status 0 if the target is
+met, 1 if not.
 """
 
 from __future__ import annotations

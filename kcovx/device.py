@@ -79,6 +79,7 @@ class _Rules:
     """One profile's checks and effects.  Every method is called under tasks.LOCK."""
 
     name: str
+    has_task_work: bool  # coverage reaches the area through the owner's task work
 
     def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
         raise NotImplementedError
@@ -103,6 +104,7 @@ class _GVisorRules(_Rules):
     """gVisor, as in the seed (kcov.go) and fsimpl/sys/kcov.go."""
 
     name = "gvisor"
+    has_task_work = True
 
     def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
         if dev._mode != Mode.DISABLED:
@@ -170,6 +172,7 @@ class _LinuxRules(_Rules):
     """Linux >= 5.18 (kernel/kcov.c)."""
 
     name = "linux"
+    has_task_work = False
 
     def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
         if size < 2 or size > LINUX_MAX_WORDS:
@@ -341,7 +344,7 @@ class Device:
             try:
                 self._check_open()
                 owner = self._owner
-                if owner is not None and owner is not task:
+                if self._rules.has_task_work and owner is not None and owner is not task:
                     tasks.return_to_user(owner)
             finally:
                 tasks.return_to_user(task)
@@ -439,7 +442,7 @@ class Device:
         # A device whose owner exited while owning it (gVisor resets only the device the task
         # enabled last) can never run task work again: it must not keep the set collecting.
         return (
-            self._rules.name == "gvisor"
+            self._rules.has_task_work
             and self._mode == Mode.TRACE_PC
             and self._owner is not None
             and tasks.is_live(self._owner)

@@ -17,10 +17,19 @@ from pathlib import Path
 
 import pytest
 from _kcovx_support import Devices
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 import kcovx
 
 KCOVX_HOME = str(Path(kcovx.__file__).resolve().parent.parent)
+
+# Hypothesis keeps the failures it found (and replays them first) in the folder pytest started
+# in, not in the session's temporary working directory below.
+settings.register_profile(
+    "kcovx", database=DirectoryBasedExampleDatabase(Path.cwd() / ".hypothesis" / "examples")
+)
+settings.load_profile("kcovx")
 
 
 def pytest_report_header() -> str:

@@ -18,7 +18,7 @@ is the page-rounded [offset, offset+length) clipped to the area (kcovx's documen
 Besides one rule per call, a few compound rules (init_map_enable, map_enable, hand_over,
 run_input, flush_from_another_thread) do the usual multi-call sequences, so that 40-step runs
 reach tracing, clipping and ownership states; every call inside them is compared too.
-KCOVX_SM_EXAMPLES overrides max_examples (150) for longer hunts.
+KCOVX_SM_EXAMPLES overrides max_examples (500) for longer hunts.
 
 Invariants of the model: a gvisor device in TRACE_PC always has an owner and an area; a linux
 device has an area from INIT on; ``pending`` (gvisor, global) holds each PC once, in the order
@@ -41,12 +41,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import hypothesis.strategies as st
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -136,7 +136,7 @@ class ModelError(Exception):
         self.errno = err
 
 
-def _fail(err: int) -> None:
+def _fail(err: int) -> NoReturn:
     raise ModelError(err)
 
 
@@ -583,14 +583,17 @@ class KcovMachine(RuleBasedStateMachine):
         self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
         return multiple() if pair is None else pair
 
-    @rule(target=mappings, d=devices, w=threads)
-    def hand_over(self, d: DevicePair, w: int) -> Any:
-        """The owner disables d and thread w maps and enables it (gvisor's exit quirk needs
-        this: the old owner's exit then resets w's session)."""
+    @rule(target=mappings, d=devices, w=threads, then_exit=st.booleans())
+    def hand_over(self, d: DevicePair, w: int, then_exit: bool) -> Any:
+        """d's owner disables it, thread w maps and enables it, and sometimes the old owner
+        then exits (in gvisor that exit resets w's session: the t.kcov quirk)."""
         owner = self._owner_slot(d)
         if owner is not None:
             self._ioctl(d, owner, kcovx.KCOV_DISABLE, 0)
-        return self.map_enable(d, w, 0)
+        result = self.map_enable(d, w, 0)
+        if then_exit and owner is not None and owner != w:
+            self.thread_exit(owner)
+        return result
 
     @rule(d=devices, w=threads, close=st.sampled_from([False, False, False, True]))
     def flush_or_close(self, d: DevicePair, w: int, close: bool) -> None:
@@ -726,9 +729,11 @@ class KcovMachine(RuleBasedStateMachine):
 
 
 KcovMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("KCOVX_SM_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("KCOVX_SM_EXAMPLES", "500")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    # No explain phase: on a failure it would double the time spent after shrinking.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
 TestKcovStateMachine = KcovMachine.TestCase

@@ -381,3 +381,23 @@ def test_linux_close_by_non_owner_keeps_owner_recording(devices: Devices) -> Non
     w.stop()
     assert dev.mode == Mode.INIT
     assert dev.owner is None
+
+
+def test_linux_flush_from_other_thread_runs_no_gvisor_work(devices: Devices) -> None:
+    # Thread A traces a gvisor device and owns a linux one.  Another thread flushing the LINUX
+    # device must not run A's (gvisor) task work: only A's own device calls deliver coverage.
+    g = devices.open("gvisor")
+    lin = devices.open("linux")
+    a = devices.worker("A")
+    g.init_trace(512)
+    view = g.mmap()
+    a.call(g.enable)
+    lin.init_trace(512)
+    a.call(lin.enable)
+    a.call(kcovx.trace_pc, 7)
+    devices.worker("B").call(lin.flush)
+    assert view[:2].tolist() == [0, 0]
+    a.call(g.flush)  # A's own call: the PC arrives
+    assert view[:2].tolist() == [1, 7]
+    a.call(lin.disable)
+    a.call(g.disable)
