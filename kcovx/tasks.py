@@ -22,6 +22,7 @@ reads or writes tasks or devices holds ``LOCK``.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -85,6 +86,10 @@ class _ExitSentinel:
         task = self.task
         if task.generation != _generation:
             return  # a parent's thread seen from a fork child: the fork handler dealt with it
+        if sys.is_finalizing():
+            # The interpreter is going away: nothing will read the devices again, and a daemon
+            # thread frozen at shutdown may hold LOCK forever, so taking it could hang the exit.
+            return
         # An error here is reported by CPython as unraisable ("Exception ignored in ...").
         _task_exit(task)
 

@@ -9,6 +9,8 @@ without the test calling anything.
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -401,3 +403,38 @@ def test_linux_flush_from_other_thread_runs_no_gvisor_work(devices: Devices) -> 
     assert view[:2].tolist() == [1, 7]
     a.call(lin.disable)
     a.call(g.disable)
+
+
+EXIT_WHILE_ENABLED = """
+import threading, time
+import kcovx
+g = kcovx.open(); g.init_trace(512); g.mmap(); g.enable()
+lin = kcovx.open("linux"); lin.init_trace(512); lin.enable()
+started = threading.Event()
+def worker():
+    d = kcovx.open("linux"); d.init_trace(512); d.enable(); kcovx.trace_pc(3)
+    started.set()
+    while True:  # device calls, so the state lock is often held when the interpreter stops
+        d.flush()
+threading.Thread(target=worker, daemon=True).start()
+started.wait(5)
+print("exiting")
+"""
+
+
+def test_interpreter_exits_with_devices_enabled_and_daemon_threads() -> None:
+    # Devices still enabled in the main thread and in a daemon thread at exit: the exit
+    # handlers must not run (nor wait for the state lock, which a daemon thread frozen by the
+    # shutdown may hold) while the interpreter finalises.
+    # The race is the daemon thread's: repeat so a regression shows up on almost every run.
+    for _ in range(8):
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_ENABLED],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "exiting\n"
+        assert proc.stderr == ""
