@@ -37,12 +37,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import _kcovx_support as _support
 import hypothesis.strategies as st
 import numpy as np
 import pytest
@@ -72,58 +71,22 @@ UNKNOWN_CMDS = (kcovx.KCOV_REMOTE_ENABLE, 0, 0x6366, 0x6367, 0x6368, 0xDEADBEEF)
 N_THREADS = 3
 MAX_OPEN = 4  # devices open at once
 MAX_DEVICES = 6  # devices per run, closed ones included
-CALL_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------------------------
 # Worker threads.
 
 
-class Worker:
-    """A long-lived thread that runs submitted callables synchronously: one kernel "task"."""
+class Worker(_support.Worker):
+    """One kernel "task": a long-lived thread that runs submitted callables synchronously."""
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-        self.ident: int = self.run(threading.get_ident)
-
-    def _main(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._results.put((job(), None))
-            except BaseException as exc:  # handed back to the test thread
-                self._results.put((None, exc))
-            del job
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on this thread and return its result (or raise what it raised)."""
-        self._jobs.put(fn)
-        try:
-            value, exc = self._results.get(timeout=CALL_TIMEOUT)
-        except queue.Empty:
-            raise AssertionError(f"worker {self.thread.name} hung") from None
-        if exc is not None:
-            raise exc
-        return value
-
-    def call(self, fn: Callable[[], Any]) -> tuple[int, Any]:
+    def errno_call(self, fn: Callable[[], Any]) -> tuple[int, Any]:
         """Run fn on this thread: (0, result) on success, (errno, None) on OSError."""
         try:
-            return 0, self.run(fn)
+            return 0, self.call(fn)
         except OSError as exc:
             assert exc.errno is not None, exc
             return exc.errno, None
-
-    def exit(self) -> None:
-        """End the thread and join it."""
-        self._jobs.put(None)
-        self.thread.join(CALL_TIMEOUT)
-        assert not self.thread.is_alive(), f"worker {self.thread.name} did not exit"
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,7 +443,7 @@ class KcovMachine(RuleBasedStateMachine):
     ) -> tuple[Any, Any]:
         """One device call on thread w, in kcovx and in the model; the errno must agree."""
         want_err, want = self.model.call(self.tasks[w], model_op, *model_args)
-        got_err, got = self.workers[w].call(real_op)
+        got_err, got = self.workers[w].errno_call(real_op)
         assert got_err == want_err, (
             f"{what} on thread {w}: kcovx gave {_errname(got_err)}, "
             f"the model expects {_errname(want_err)}"
@@ -542,7 +505,7 @@ class KcovMachine(RuleBasedStateMachine):
     )
     @rule(target=devices, w=threads, profile=profiles)
     def open_device(self, w: int, profile: str) -> DevicePair:
-        real = self.workers[w].run(lambda: kcovx.open(profile=profile))
+        real = self.workers[w].call(lambda: kcovx.open(profile=profile))
         pair = DevicePair(real, MDevice(profile))
         self.pairs.append(pair)
         return pair
@@ -612,7 +575,7 @@ class KcovMachine(RuleBasedStateMachine):
                 else:
                     kcovx.trace_cmp(*v)
 
-        self.workers[w].run(run)
+        self.workers[w].call(run)
         devices = [p.ref for p in self.pairs]
         for kind, v in todo:
             if kind == "pc":
@@ -676,7 +639,7 @@ class KcovMachine(RuleBasedStateMachine):
     @rule(w=threads)
     def thread_exit(self, w: int) -> None:
         """Thread w exits (and is joined); a fresh thread takes its slot."""
-        self.workers[w].exit()
+        self.workers[w].stop()
         self.model.task_exit(self.tasks[w])
         self._start_worker(w)
 
@@ -717,8 +680,7 @@ class KcovMachine(RuleBasedStateMachine):
         """Join every worker (their exits reset what they own), then close every device."""
         try:
             for worker in self.workers:
-                if worker.thread.is_alive():
-                    worker.exit()
+                worker.stop()
         finally:
             self.workers.clear()
             for p in self.pairs:
