@@ -42,6 +42,8 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from _common import cpu_model
+
 import kcovx
 
 QUICK = "--quick" in sys.argv
@@ -177,6 +179,7 @@ import kcovx
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+
 setup(
     name="kcovx-bench-c-append",
     ext_modules=cythonize(
@@ -217,17 +220,6 @@ def build(folder: Path) -> ModuleType:
             spec.loader.exec_module(module)
             return module
     raise SystemExit(f"bench_c_append: no built module in {lib}")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:

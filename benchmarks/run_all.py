@@ -23,19 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from _common import cpu_model
+
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 180
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def describe() -> None:
