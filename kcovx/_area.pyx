@@ -32,7 +32,7 @@ from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
 from libc.stdint cimport uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -46,8 +46,9 @@ cdef extern from *:
     /* The calling thread's recording target in the linux profile (NULL: none).  initial-exec
        makes each access one %fs-relative load instead of a __tls_get_addr call; the 16 bytes
        come from the static TLS surplus glibc keeps for dlopen'ed modules. */
-    static __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_pc_target = NULL;
-    static __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_cmp_target = NULL;
+    #define KCOVX_TLS static __thread __attribute__((tls_model("initial-exec")))
+    KCOVX_TLS kcovx_area_t *kcovx_tls_pc_target = NULL;
+    KCOVX_TLS kcovx_area_t *kcovx_tls_cmp_target = NULL;
     """
     kcovx_area_t *kcovx_tls_pc_target
     kcovx_area_t *kcovx_tls_cmp_target
