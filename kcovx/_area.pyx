@@ -241,12 +241,14 @@ cdef class Area:
         if fd < 0:
             flags |= MAP_ANONYMOUS
             fd = -1
-        elif _os.fstat(fd).st_size < nbytes:
-            # touching a page past the end of a file mapping is SIGBUS: refuse it here
-            raise ValueError(
-                f"the file behind fd {fd} is {_os.fstat(fd).st_size} bytes, "
-                f"shorter than the {nbytes} bytes of a {nwords}-word area"
-            )
+        else:
+            file_size = _os.fstat(fd).st_size
+            if file_size < nbytes:
+                # touching a page past the end of a file mapping is SIGBUS: refuse it here
+                raise ValueError(
+                    f"the file behind fd {fd} is {file_size} bytes, "
+                    f"shorter than the {nbytes} bytes of a {nwords}-word area"
+                )
         with nogil:
             p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, flags, fd, 0)
             err = errno
@@ -362,19 +364,32 @@ cdef int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
     return 0
 
 
+cdef inline int _record_pc(uint64_t pc) noexcept:
+    """What trace_pc records, for both entry points; with the GIL held.  -1: no memory."""
+    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    if t != NULL:
+        kcovx_append_pc(t, pc)
+    if _pend.collecting:
+        return _pending_add(pc)
+    return 0
+
+
+cdef inline void _record_cmp(uint64_t type, uint64_t arg1, uint64_t arg2,
+                             uint64_t pc) noexcept nogil:
+    """What trace_cmp records once its arguments are checked."""
+    cdef kcovx_area_t *t = kcovx_tls_cmp_target
+    if t != NULL:
+        kcovx_append_cmp(t, type, arg1, arg2, pc)
+
+
 @cython.binding(False)
 def trace_pc(object pc):
     """Record one PC for the calling thread: appended at once to the area of the linux-profile
     device this thread enabled, and marked covered for the gvisor-profile devices' next task
     work.  pc is an int in [0, 2**64).
     """
-    cdef uint64_t v = _u64(pc)
-    cdef kcovx_area_t *t = kcovx_tls_pc_target
-    if t != NULL:
-        kcovx_append_pc(t, v)
-    if _pend.collecting:
-        if _pending_add(v) < 0:
-            raise MemoryError("kcovx: no memory to record a PC")
+    if _record_pc(_u64(pc)) < 0:
+        raise MemoryError("kcovx: no memory to record a PC")
 
 
 @cython.binding(False)
@@ -411,9 +426,7 @@ def trace_cmp(object type, object arg1, object arg2, object pc):
     """
     cdef uint64_t ty = _u64(type), a1 = _u64(arg1), a2 = _u64(arg2), p = _u64(pc)
     _check_cmp(ty, a1, a2)
-    cdef kcovx_area_t *t = kcovx_tls_cmp_target
-    if t != NULL:
-        kcovx_append_cmp(t, ty, a1, a2, p)
+    _record_cmp(ty, a1, a2, p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,18 +478,13 @@ cdef int _api_append_cmp(kcovx_area_t *a, uint64_t type, uint64_t arg1, uint64_t
 
 cdef int _api_trace_pc(uint64_t pc) noexcept:
     # Called with the GIL held (the C API's contract): the GIL guards the pending set.
-    cdef kcovx_area_t *t = kcovx_tls_pc_target
-    if t != NULL:
-        kcovx_append_pc(t, pc)
-    if _pend.collecting:
-        if _pending_add(pc) < 0:
-            PyErr_NoMemory()
-            return -1
+    if _record_pc(pc) < 0:
+        PyErr_NoMemory()
+        return -1
     return 0
 
 cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) noexcept:
     # Called with the GIL held; validates exactly as kcovx.trace_cmp does.
-    cdef kcovx_area_t *t
     cdef int bad = _cmp_invalid(type, arg1, arg2)
     if bad:
         PyErr_SetString(
@@ -485,9 +493,7 @@ cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc
             else b"comparison operand wider than the comparison's size",
         )
         return -1
-    t = kcovx_tls_cmp_target
-    if t != NULL:
-        kcovx_append_cmp(t, type, arg1, arg2, pc)
+    _record_cmp(type, arg1, arg2, pc)
     return 0
 
 cdef kcovx_area_t *_api_area_of(PyObject *obj) noexcept:
