@@ -1,8 +1,10 @@
 """kcovx: a kcov-compatible coverage device for Python processes.
 
 Public API only: the kcov constants, ``open()``/``Device``, the per-event recorders
-``trace_pc``/``trace_pcs``/``trace_cmp``, ``Area`` (the compiled mapping) and ``get_include()``
-for extensions that use the C API.  See README.md for the contracts.
+``trace_pc``/``trace_pcs``/``trace_cmp``, ``Area`` (the compiled mapping), ``get_include()``
+for extensions that use the C API, the instrumentation of Python code (``instrument_func``,
+``instrument_module``, ``instrument_imports``) and the symbolizer (``symbolize``, ``blocks``,
+PC tables).  See README.md for the contracts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from kcovx.abi import (
     Mode,
 )
 from kcovx.device import PROFILES, Device, open
+from kcovx.instrument import ImportHook, instrument_func, instrument_imports, instrument_module
+from kcovx.pcs import Block, blocks, load_pcs_table, symbolize, write_pcs_table
 
 __version__ = "0.1.0"
 
@@ -51,12 +55,21 @@ __all__ = [
     "PAGE_SIZE",
     "PROFILES",
     "Area",
+    "Block",
     "Device",
+    "ImportHook",
     "Mode",
     "__version__",
+    "blocks",
     "get_include",
+    "instrument_func",
+    "instrument_imports",
+    "instrument_module",
+    "load_pcs_table",
     "open",
+    "symbolize",
     "trace_cmp",
     "trace_pc",
     "trace_pcs",
+    "write_pcs_table",
 ]

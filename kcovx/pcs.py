@@ -1,0 +1,179 @@
+"""PCs of instrumented Python code: the encoding, the process-wide block registry, the PC table
+file and the symbolizer.
+
+Encoding (documented in README.md, "PCs"): a block's PC is ``unit << 32 | block`` where
+
+- ``unit``  = the first 4 bytes (little-endian) of BLAKE2b(b"kcovx-unit\\0" + module name),
+  or 1 if those are 0: every PC of one module shares its upper half, and no PC is 0;
+- ``block`` = the first 4 bytes of BLAKE2b(b"kcovx-block\\0" + key + b"\\0" + salt), where key
+  is the block's qualified function name, the occurrence of that name in the module (0 for the
+  first code object with it, 1 for the next, in source order), and the block's ordinal in
+  that code object, and salt is 0 unless that PC was already taken.
+
+So the same source yields the same PCs in every process and run.  A PC is taken when a block
+of the same module (resolved while instrumenting it, in source order, so independent of
+import order) or a different block registered earlier in this process (only after a 32-bit
+unit collision; resolved in registration order) already has it; the next salt is tried.  A
+block's identity is its module, key, file and source extent: instrumenting the same source
+again yields the same PCs and registers nothing new.
+
+Threading: the registry is guarded by one lock; lookups are plain dict reads under the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
+
+__all__ = [
+    "Block",
+    "block_pc",
+    "blocks",
+    "format_block",
+    "load_pcs_table",
+    "symbolize",
+    "unit_hash",
+    "write_pcs_table",
+]
+
+TABLE_FORMAT = "kcovx-pcs-table"
+TABLE_VERSION = 1
+
+
+class Block(NamedTuple):
+    """One instrumented basic block.  Lines are 1-based; columns are 1-based UTF-8 byte
+    offsets and end_col is one past the block's last byte (as in Go cover profiles)."""
+
+    pc: int
+    file: str
+    function: str
+    start_line: int
+    start_col: int
+    end_line: int
+    end_col: int
+
+
+# Identity of a block: what must match for a second registration to be the same block.
+Ident = tuple[str, str, int, int, str, int, int, int, int]
+
+
+def _h32(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little")
+
+
+def unit_hash(module: str) -> int:
+    """The upper 32 bits of every PC of ``module``."""
+    return _h32(b"kcovx-unit\0" + module.encode("utf-8", "surrogatepass")) or 1
+
+
+def block_pc(unit: int, function: str, occurrence: int, ordinal: int, salt: int = 0) -> int:
+    """The PC of a block before collision resolution (salt 0), or its salt-th alternative."""
+    key = f"{function}\0{occurrence}\0{ordinal}\0{salt}".encode("utf-8", "surrogatepass")
+    return (unit << 32) | _h32(b"kcovx-block\0" + key)
+
+
+_lock = threading.Lock()
+_blocks: dict[int, Block] = {}
+_idents: dict[int, Ident] = {}
+
+
+def conflicts(pcs: Iterable[int], idents: Iterable[Ident]) -> set[int]:
+    """The PCs among ``pcs`` that this process already gave to a different block."""
+    out = set()
+    for pc, ident in zip(pcs, idents, strict=True):
+        have = _idents.get(pc)
+        if have is not None and have != ident:
+            out.add(pc)
+    return out
+
+
+def register(entries: Iterable[tuple[Block, Ident]]) -> set[int]:
+    """Register blocks atomically.  Returns the conflicting PCs (nothing registered) or an
+    empty set (all registered, or already known as the same blocks)."""
+    items = list(entries)
+    with _lock:
+        bad = conflicts((b.pc for b, _ in items), (i for _, i in items))
+        if bad:
+            return bad
+        for block, ident in items:
+            _blocks[block.pc] = block
+            _idents[block.pc] = ident
+    return set()
+
+
+def symbolize(pc: int) -> Block:
+    """The block of this process whose PC is ``pc``.  LookupError if none is."""
+    if not isinstance(pc, int):
+        raise TypeError(f"pc must be an int, not {type(pc).__name__}")
+    try:
+        return _blocks[pc]
+    except KeyError:
+        raise LookupError(f"kcovx: unknown PC {pc:#x}: no instrumented block has it") from None
+
+
+def blocks() -> list[Block]:
+    """Every block instrumented in this process so far, sorted by PC."""
+    with _lock:
+        return sorted(_blocks.values())
+
+
+def format_block(block: Block) -> str:
+    """The two lines gVisor's ``runsc symbolize`` prints for a block (no trailing newline)."""
+    return (
+        f"{block.pc:#x}\n{block.file}:{block.start_line}.{block.start_col},"
+        f"{block.end_line}.{block.end_col}"
+    )
+
+
+def write_pcs_table(path: str | os.PathLike[str], table: Iterable[Block] | None = None) -> int:
+    """Write the PC table (every known block, or ``table``) to ``path`` as JSON, atomically.
+    Returns the number of blocks written."""
+    rows = sorted(blocks() if table is None else table)
+    doc = {
+        "format": TABLE_FORMAT,
+        "version": TABLE_VERSION,
+        "blocks": [[f"{b.pc:#018x}", *b[1:]] for b in rows],
+    }
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.write("\n")
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
+    """Read a table written by ``write_pcs_table``.  ValueError if it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.fspath(path)}: not a kcovx PC table ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
+        raise ValueError(f"{os.fspath(path)}: not a kcovx PC table")
+    if doc.get("version") != TABLE_VERSION:
+        raise ValueError(
+            f"{os.fspath(path)}: PC table version {doc.get('version')!r}, "
+            f"this kcovx reads version {TABLE_VERSION}"
+        )
+    out: dict[int, Block] = {}
+    try:
+        for row in doc["blocks"]:
+            pc_s, file, function, sl, sc, el, ec = row
+            block = Block(
+                int(pc_s, 16), str(file), str(function), int(sl), int(sc), int(el), int(ec)
+            )
+            out[block.pc] = block
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{os.fspath(path)}: malformed PC table ({e})") from None
+    return out
+
+
+def iter_known(table: Mapping[int, Block] | None) -> Iterator[Block]:
+    """The blocks of ``table``, or of this process, sorted by PC."""
+    yield from (sorted(table.values()) if table is not None else blocks())
