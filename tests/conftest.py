@@ -41,12 +41,19 @@ def pytest_report_header() -> str:
 def _subprocesses_import_this_kcovx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     old_cwd = os.getcwd()
     old_path = os.environ.get("PYTHONPATH")
+    old_cache = os.environ.get("KCOVX_CACHE_DIR")
     os.chdir(tmp_path_factory.mktemp("cwd"))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (KCOVX_HOME, old_path) if p)
+    # The instrumented-code cache of this session (and its subprocesses) starts empty.
+    os.environ["KCOVX_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcovx-cache"))
     try:
         yield
     finally:
         os.chdir(old_cwd)
+        if old_cache is None:
+            os.environ.pop("KCOVX_CACHE_DIR", None)
+        else:
+            os.environ["KCOVX_CACHE_DIR"] = old_cache
         if old_path is None:
             os.environ.pop("PYTHONPATH", None)
         else:
