@@ -1,0 +1,162 @@
+"""CPython's own tests for pure-Python stdlib modules pass unchanged when kcovx instruments them.
+
+For each module below, tests/_cpython_suite_runner.py runs its test module from the
+interpreter's ``test`` package (lib/python3.X/test) twice in fresh interpreters: plain, and
+with the module imported through ``kcovx.ImportHook`` while a linux-profile device records.
+Both runs must pass and give the same unittest result (tests run, failures, errors, skipped,
+expected failures, unexpected successes), and the instrumented run must really be
+instrumented: kcovx's loader loaded the module, its functions call the probe, PCs were
+recorded and they symbolize to the module's own files.  The modules are picked for variety
+and fast suites: parsers (tomllib, json's pure-Python scanner and encoder, html.parser,
+shlex, configparser), algorithms and data structures (difflib, graphlib), numbers and class
+hierarchies (fractions, ipaddress) and class machinery (dataclasses' generated methods,
+enum's metaclass and ``__prepare__`` namespace), plus a large package (email).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RUNNER = Path(__file__).with_name("_cpython_suite_runner.py")
+TIMEOUT = 300  # seconds per run; the slowest (email) takes about 6 s
+STDLIB_TESTS = Path(sysconfig.get_paths()["stdlib"]) / "test"
+
+# (stdlib module, its test module in CPython's ``test`` package)
+SUITES = [
+    ("tomllib", "test_tomllib"),
+    ("json", "test_json"),
+    ("html.parser", "test_htmlparser"),
+    ("shlex", "test_shlex"),
+    ("configparser", "test_configparser"),
+    ("difflib", "test_difflib"),
+    ("graphlib", "test_graphlib"),
+    ("fractions", "test_fractions"),
+    ("ipaddress", "test_ipaddress"),
+    ("dataclasses", "test_dataclasses"),
+    ("enum", "test_enum"),
+    ("email", "test_email"),
+]
+
+# Test cases that fail only when instrumented, with the exception they fail with: left out of
+# both runs of SUITES; test_known_instrumented_only_failures checks that they still fail that
+# way (and only instrumented), so a fix in kcovx shows up as a test to remove from here.
+#
+# On 3.11 a call of a builtin function counts one level against the recursion limit (3.12
+# gave C calls their own counter), so the probe at a function's entry makes a function that
+# calls no builtin of its own need one level more.  test_inline_table_recursion_limit nests
+# inline tables exactly as deep as the recursion limit allows; its innermost frame,
+# NestedDict.__init__ (``self.dict = {}``), then raises RecursionError from its entry probe.
+KNOWN_INSTRUMENTED_ONLY: dict[tuple[int, int], dict[str, dict[str, str]]] = {
+    (3, 11): {
+        "tomllib": {
+            "test.test_tomllib.test_misc.TestMiscellaneous.test_inline_table_recursion_limit": (
+                "RecursionError"
+            ),
+        },
+    },
+}
+
+
+def _test_module(name: str) -> str:
+    return dict(SUITES)[name]
+
+
+def _present(test_module: str) -> bool:
+    return (STDLIB_TESTS / test_module).is_dir() or (STDLIB_TESTS / f"{test_module}.py").is_file()
+
+
+def run_both(module: str, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the module's CPython tests plain and instrumented (at the same time: two cores)."""
+    test_module = _test_module(module)
+    if not _present(test_module):
+        pytest.skip(f"this Python has no test.{test_module} (a distribution left out `test`?)")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-P", str(RUNNER), module, test_module, mode, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("plain", "instrumented")
+    ]
+    reports = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+                q.communicate()
+            pytest.fail(f"test.{test_module} took more than {TIMEOUT} s")
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        assert p.returncode == 0 and lines, f"runner failed ({p.returncode}):\n{out}\n{err}"
+        reports.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    return reports[0], reports[1]
+
+
+def _problems(report: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{p['kind']}: {p['test']}\n{p.get('traceback', '')}" for p in report["problems"]
+    )
+
+
+@pytest.mark.parametrize(("module", "test_module"), SUITES, ids=[m for m, _ in SUITES])
+def test_cpython_suite_passes_instrumented(module: str, test_module: str) -> None:
+    known = KNOWN_INSTRUMENTED_ONLY.get(sys.version_info[:2], {}).get(module, [])
+    plain, inst = run_both(module, *(f"--exclude={t}" for t in known))
+
+    assert not plain["problems"], (
+        f"test.{test_module} fails even uninstrumented; exclude the test case here and say "
+        f"why:\n{_problems(plain)}"
+    )
+    assert plain["counts"][0] > 0
+    assert not inst["problems"], (
+        f"test.{test_module} fails only when {module} is instrumented:\n{_problems(inst)}"
+    )
+    assert inst["counts"] == plain["counts"]
+    assert inst["skipped"] == plain["skipped"]
+
+    # The tests ran against instrumented code, and the PCs it recorded are its blocks.
+    assert inst["kcovx_loader"], inst["loaders"]
+    probed = inst["probed_functions"]
+    assert all(n == total for n, total in probed.values()), probed
+    assert sum(n for n, _ in probed.values()) > 0, probed
+    assert inst["recorded"] > 0
+    assert inst["target_file"] in inst["recorded_files"]
+    assert set(inst["recorded_files"]) <= set(inst["own_files"]), inst["recorded_files"]
+    # CPython's tests cover most of the module: at least half its blocks were recorded.
+    assert inst["covered_blocks"] * 2 >= inst["blocks"] > 0, (inst["covered_blocks"], inst)
+
+
+KNOWN = [
+    pytest.param(
+        module,
+        failing,
+        marks=pytest.mark.skipif(
+            sys.version_info[:2] != version, reason=f"only on {version[0]}.{version[1]}"
+        ),
+        id=f"{version[0]}.{version[1]}-{module}",
+    )
+    for version, by_module in KNOWN_INSTRUMENTED_ONLY.items()
+    for module, failing in by_module.items()
+]
+
+
+@pytest.mark.parametrize(("module", "failing"), KNOWN)
+def test_known_instrumented_only_failures(module: str, failing: dict[str, str]) -> None:
+    plain, inst = run_both(module, *(f"--only={t}" for t in failing))
+    assert not plain["problems"], _problems(plain)
+    assert plain["counts"][0] == len(failing)
+    for test_id, exc in failing.items():
+        tracebacks = [p.get("traceback", "") for p in inst["problems"] if test_id in p["test"]]
+        assert tracebacks, (
+            f"{test_id} passes instrumented now: remove it from KNOWN_INSTRUMENTED_ONLY"
+        )
+        assert all(f"\n{exc}: " in tb for tb in tracebacks), _problems(inst)
