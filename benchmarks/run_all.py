@@ -7,9 +7,11 @@ missed, anything else: the script failed) and wall times.  Exits 0 if every scri
 1 if the only failures are missed targets, 2 if a script failed.
 
 Each script runs with the same interpreter (``sys.executable``) and environment as this one, so
-``PYTHONPATH=. python benchmarks/run_all.py`` measures the in-place build and a venv's
-python measures that venv's installed kcovx.  Scripts run one after another, never in parallel
-(the machine's cores are shared).  Options: ``--quick`` is passed on to every script; any other
+``PYTHONPATH=. python benchmarks/run_all.py`` measures the in-place build (relative PYTHONPATH
+entries are made absolute: the scripts run in this folder) and a venv's python measures that
+venv's installed kcovx.  Scripts run one after another, never in parallel (the machine's cores
+are shared), each within 180 s (bench_instrument.py, which starts a fresh interpreter per
+configuration and round: 480 s).  Options: ``--quick`` is passed on to every script; any other
 argument selects scripts whose file name contains it.
 """
 
@@ -27,6 +29,8 @@ from _common import cpu_model
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 180
+# Scripts that start many interpreters of their own (one per configuration and round).
+TIMEOUT_OVERRIDES_S = {"bench_instrument.py": 480}
 
 
 def describe() -> None:
@@ -57,6 +61,12 @@ def main() -> int:
     scripts = sorted(p for p in HERE.glob("bench_*.py") if p.is_file())
     if selectors:
         scripts = [p for p in scripts if any(s in p.name for s in selectors)]
+    # Scripts run in this folder: keep a relative PYTHONPATH (``PYTHONPATH=.``) pointing where
+    # it pointed for this process.
+    if os.environ.get("PYTHONPATH"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) if p else p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+        )
     describe()
     print(f"scripts   {', '.join(p.name for p in scripts) or '(none)'}")
     results: list[tuple[str, int, float]] = []
@@ -66,15 +76,16 @@ def main() -> int:
         print(f"== {script.name}")
         print("=" * 100, flush=True)
         t0 = time.perf_counter()
+        timeout = TIMEOUT_OVERRIDES_S.get(script.name, TIMEOUT_S)
         try:
             rc = subprocess.run(
                 [sys.executable, str(script), *passthrough],
                 cwd=HERE,
-                timeout=TIMEOUT_S,
+                timeout=timeout,
                 check=False,
             ).returncode
         except subprocess.TimeoutExpired:
-            print(f"!! {script.name}: timed out after {TIMEOUT_S} s")
+            print(f"!! {script.name}: timed out after {timeout} s")
             rc = -1
         results.append((script.name, rc, time.perf_counter() - t0))
     print()

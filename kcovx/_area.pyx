@@ -392,6 +392,58 @@ def trace_pc(object pc):
         raise MemoryError("kcovx: no memory to record a PC")
 
 
+@cython.final
+cdef class Probe:
+    """The recorder of one instrumented unit (source file): ``probe[i]`` records the unit's
+    i-th PC exactly as ``trace_pc(pcs[i])`` would and evaluates to None.
+
+    Instrumented code says ``probe[i]`` with a small constant i rather than calling
+    trace_pc with the 64-bit PC: a small int converts in a few instructions, where a 64-bit
+    one takes the multi-digit path, and a subscript is not a call, so on 3.11 it does not
+    count against the recursion limit (a call of a builtin does).  The PCs are copied in at
+    construction and never change.
+    """
+
+    cdef uint64_t *_pcs
+    cdef Py_ssize_t _n
+
+    def __cinit__(self, pcs):
+        cdef Py_ssize_t i, n = len(pcs)
+        self._pcs = <uint64_t *> malloc(<size_t>(n if n > 0 else 1) * 8)
+        if self._pcs == NULL:
+            raise MemoryError("kcovx: no memory for a probe table")
+        self._n = 0
+        for i in range(n):
+            self._pcs[i] = _u64(pcs[i])
+        self._n = n
+
+    def __dealloc__(self):
+        free(self._pcs)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def __getitem__(self, Py_ssize_t i):
+        if <size_t>i >= <size_t>self._n:
+            raise IndexError(f"kcovx: probe index {i} out of range 0..{self._n - 1}")
+        if _record_pc(self._pcs[i]) < 0:
+            raise MemoryError("kcovx: no memory to record a PC")
+        return None
+
+    def __len__(self):
+        return self._n
+
+    @property
+    def pcs(self):
+        """The unit's PCs, in index order."""
+        return [self._pcs[i] for i in range(self._n)]
+
+    def __repr__(self):
+        return f"<kcovx.Probe of {self._n} PCs>"
+
+    def __reduce__(self):
+        return (Probe, (self.pcs,))
+
+
 @cython.binding(False)
 def trace_pcs(pcs):
     """trace_pc for each item of a C-contiguous uint64 buffer, in order.
