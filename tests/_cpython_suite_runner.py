@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import unittest  # imported at run time only after the import hook is installed
 
-PROBE = "__kcovx_pc__"
+PROBE = "__kcovx_pc"  # every probe name starts with this
 
 
 def _own_modules(name: str) -> list[types.ModuleType]:
@@ -60,7 +60,7 @@ def _probed_functions(mod: types.ModuleType) -> tuple[int, int]:
             f = getattr(v, "__func__", v)
             if isinstance(f, types.FunctionType) and f.__code__.co_filename == mod.__file__:
                 funcs.append(f)
-    return sum(PROBE in f.__code__.co_names for f in funcs), len(funcs)
+    return sum(any(n.startswith(PROBE) for n in f.__code__.co_names) for f in funcs), len(funcs)
 
 
 def _flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
@@ -111,7 +111,9 @@ class Recorder:
             covered += file in own_files
         return {
             "loaders": {m.__name__: type(m.__spec__.loader).__name__ for m in mods},
-            "kcovx_loader": all(isinstance(m.__spec__.loader, instrument._Loader) for m in mods),
+            "kcovx_loader": all(
+                isinstance(m.__spec__.loader, instrument.InstrumentingLoader) for m in mods
+            ),
             "probed_functions": {m.__name__: _probed_functions(m) for m in mods},
             "target_file": target.__file__,
             "own_files": sorted(own_files),

@@ -44,24 +44,10 @@ SUITES = [
     ("email", "test_email"),
 ]
 
-# Test cases that fail only when instrumented, with the exception they fail with: left out of
-# both runs of SUITES; test_known_instrumented_only_failures checks that they still fail that
-# way (and only instrumented), so a fix in kcovx shows up as a test to remove from here.
-#
-# On 3.11 a call of a builtin function counts one level against the recursion limit (3.12
-# gave C calls their own counter), so the probe at a function's entry makes a function that
-# calls no builtin of its own need one level more.  test_inline_table_recursion_limit nests
-# inline tables exactly as deep as the recursion limit allows; its innermost frame,
-# NestedDict.__init__ (``self.dict = {}``), then raises RecursionError from its entry probe.
-KNOWN_INSTRUMENTED_ONLY: dict[tuple[int, int], dict[str, dict[str, str]]] = {
-    (3, 11): {
-        "tomllib": {
-            "test.test_tomllib.test_misc.TestMiscellaneous.test_inline_table_recursion_limit": (
-                "RecursionError"
-            ),
-        },
-    },
-}
+# No test case is left out: every one passes instrumented as it does plain.  (On 3.11 a
+# call of a builtin counts a level against the recursion limit; when probes were calls,
+# tomllib's test_inline_table_recursion_limit, which nests exactly as deep as the limit
+# allows, failed instrumented only.  Probes are subscripts now, which do not count.)
 
 
 def _test_module(name: str) -> str:
@@ -109,8 +95,7 @@ def _problems(report: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize(("module", "test_module"), SUITES, ids=[m for m, _ in SUITES])
 def test_cpython_suite_passes_instrumented(module: str, test_module: str) -> None:
-    known = KNOWN_INSTRUMENTED_ONLY.get(sys.version_info[:2], {}).get(module, [])
-    plain, inst = run_both(module, *(f"--exclude={t}" for t in known))
+    plain, inst = run_both(module)
 
     assert not plain["problems"], (
         f"test.{test_module} fails even uninstrumented; exclude the test case here and say "
@@ -133,30 +118,3 @@ def test_cpython_suite_passes_instrumented(module: str, test_module: str) -> Non
     assert set(inst["recorded_files"]) <= set(inst["own_files"]), inst["recorded_files"]
     # CPython's tests cover most of the module: at least half its blocks were recorded.
     assert inst["covered_blocks"] * 2 >= inst["blocks"] > 0, (inst["covered_blocks"], inst)
-
-
-KNOWN = [
-    pytest.param(
-        module,
-        failing,
-        marks=pytest.mark.skipif(
-            sys.version_info[:2] != version, reason=f"only on {version[0]}.{version[1]}"
-        ),
-        id=f"{version[0]}.{version[1]}-{module}",
-    )
-    for version, by_module in KNOWN_INSTRUMENTED_ONLY.items()
-    for module, failing in by_module.items()
-]
-
-
-@pytest.mark.parametrize(("module", "failing"), KNOWN)
-def test_known_instrumented_only_failures(module: str, failing: dict[str, str]) -> None:
-    plain, inst = run_both(module, *(f"--only={t}" for t in failing))
-    assert not plain["problems"], _problems(plain)
-    assert plain["counts"][0] == len(failing)
-    for test_id, exc in failing.items():
-        tracebacks = [p.get("traceback", "") for p in inst["problems"] if test_id in p["test"]]
-        assert tracebacks, (
-            f"{test_id} passes instrumented now: remove it from KNOWN_INSTRUMENTED_ONLY"
-        )
-        assert all(f"\n{exc}: " in tb for tb in tracebacks), _problems(inst)
