@@ -1260,6 +1260,7 @@ def _norm(path: str) -> str:
 def _site_dirs() -> list[str]:
     import site  # only the no-include rule needs these (slow on 3.13)
     import sysconfig
+
     dirs = set()
     for key in ("purelib", "platlib"):
         with contextlib.suppress(KeyError):
@@ -1273,6 +1274,7 @@ def _site_dirs() -> list[str]:
 
 def _stdlib_dirs() -> list[str]:
     import sysconfig
+
     paths = sysconfig.get_paths()
     return sorted({_norm(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if k in paths})
 
