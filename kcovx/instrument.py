@@ -1,20 +1,23 @@
-"""Instrumentation of Python code: every basic block records its PC through ``trace_pc``.
+"""Instrumentation of Python code: every basic block records its PC as ``trace_pc`` would.
 
 Owns: the source-to-source rewrite (an ``ast`` transformer), compiling and caching its result,
 registering the blocks with ``kcovx.pcs``, and the three ways in: ``instrument_func``,
 ``instrument_module`` and the ``instrument_imports`` import hook.
 
-How a block records: the rewrite inserts ``__kcovx_pc__(<pc>)`` where ``__kcovx_pc__`` is a
-module global bound to ``kcovx.trace_pc`` (the probe returns None): a statement before a
-statement; inside an expression ``__kcovx_pc__(<pc>) or expr``, or where that would change
-line events (see _expr_probe) ``(__kcovx_pc__(<pc>), expr)[1]``, or ``__kcovx_pc__(<pc>) is
-not None or cmp`` before a comparison whose value is only tested.  In bytecode that is a
-specialised global load, a constant, a call of a METH_O builtin and a pop (or a jump, or a
-tuple and an index): no Python frame, no argument parsing.  Every inserted node carries
-the position of the first instruction of the code it precedes (found by compiling that code
-alone when it spans lines), so line events (sys.settrace, coverage.py), tracebacks and
-positions are those of the original code; annotations are left alone.  Blocks are named
-with the qualified names CPython gives the code objects.
+How a block records: each instrumented unit (one source file as one module) gets a probe
+name ``__kcovx_pc_<tag>__`` (tag: from its module, file and source) bound in the module's
+globals to the unit's ``kcovx._area.Probe``; the rewrite inserts ``__kcovx_pc_<tag>__[i]``
+(i: the block's index in the unit; the probe's subscript records the unit's i-th PC through
+the same recorder as ``trace_pc`` and evaluates to None): a statement before a statement;
+inside an expression ``probe[i] or expr``, or where that would change line events (see
+_expr_probe) ``(probe[i], expr)[1]``, or ``probe[i] is not None or cmp`` before a comparison
+whose value is only tested.  In bytecode that is a specialised global load, a small
+constant, a subscript of a C object and a pop: no call (on 3.11 a call of a builtin would
+count against the recursion limit), no Python frame, no multi-digit int conversion.  Every
+inserted node carries the position of the first instruction of the code it precedes (found
+by compiling that code alone when it spans lines), so line events (sys.settrace,
+coverage.py), tracebacks and positions are those of the original code; annotations are
+left alone.  Blocks are named with the qualified names CPython gives the code objects.
 
 Blocks (what gets a probe): the entry of every module, class body, function, lambda and
 comprehension; the first statement of each branch (if/elif/else bodies, loop bodies and
