@@ -477,7 +477,8 @@ def _import_all(wl: Workload) -> None:
 def _is_kcovx_instrumented(mod: types.ModuleType) -> bool:
     from kcovx.instrument import PROBE
 
-    return PROBE in vars(mod)  # the import hook binds the probe in each module it loads
+    # the import hook binds the probe (``__kcovx_pc_<tag>__``) in each module it loads
+    return any(k.startswith(PROBE) for k in vars(mod))
 
 
 def _is_atheris_instrumented(mod: types.ModuleType) -> bool:
@@ -700,7 +701,8 @@ def _probe_carrier(x: int) -> int:
 
 def _probe_shape() -> tuple[Any, str, int]:
     """The object instrumented code records with, how it uses it (``call``: ``P(pc)``,
-    ``subscript``: ``P[pc]``) and one real PC."""
+    ``subscript``: ``P[i]``, i a block's index in its unit) and the constant one probe
+    passes."""
     import dis
 
     import kcovx
@@ -709,12 +711,12 @@ def _probe_shape() -> tuple[Any, str, int]:
     kcovx.instrument_func(_probe_carrier)
     ins = list(dis.get_instructions(_probe_carrier))
     for k, x in enumerate(ins):
-        if x.opname == "LOAD_GLOBAL" and x.argval == instrument.PROBE:
+        if x.opname == "LOAD_GLOBAL" and str(x.argval).startswith(instrument.PROBE):
             const = next(y for y in ins[k + 1 :] if y.opname == "LOAD_CONST")
             after = ins[ins.index(const) + 1 :]
             used = next(y.opname for y in after if y.opname not in ("CACHE", "PUSH_NULL"))
             how = "subscript" if "SUBSCR" in used else "call"
-            return _probe_carrier.__globals__[instrument.PROBE], how, int(const.argval)
+            return _probe_carrier.__globals__[x.argval], how, int(const.argval)
     raise RuntimeError("no probe found in an instrumented function")
 
 
@@ -730,12 +732,24 @@ def worker_calib() -> dict[str, Any]:
     dev.init_trace((CALIB_N + 1 + 511) // 512 * 512)
     words = dev.mmap()
     dev.enable()
-    loops = {
-        "empty": (_fresh("pass"), None),
-        "abs": (_fresh("f(i)"), abs),
-        "probe_i": (_fresh(use.format("i")), probe),
-        "probe_pc": (_fresh(use.format(hex(pc))), probe),
-    }
+    if how == "subscript":
+        # probe[i] for every i of the loop: a Probe of CALIB_N PCs (the real PC each time).
+        from kcovx._area import Probe
+
+        wide = Probe([probe.pcs[pc]] * CALIB_N)
+        loops = {
+            "empty": (_fresh("pass"), None),
+            "abs": (_fresh("f(i)"), abs),
+            "probe_i": (_fresh(use.format("i")), wide),
+            "probe_pc": (_fresh(use.format(pc)), probe),
+        }
+    else:
+        loops = {
+            "empty": (_fresh("pass"), None),
+            "abs": (_fresh("f(i)"), abs),
+            "probe_i": (_fresh(use.format("i")), probe),
+            "probe_pc": (_fresh(use.format(hex(pc))), probe),
+        }
     clock = time.perf_counter_ns
     names = list(loops)
     res: dict[str, list[float]] = {name: [] for name in names}
