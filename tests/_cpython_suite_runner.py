@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import unittest  # imported at run time only after the import hook is installed
 
-PROBE = "__kcovx_pc"  # every probe name starts with this
+PROBE_TYPE = "Probe"  # instrumented code holds the unit's kcovx._area.Probe as a constant
 
 
 def _own_modules(name: str) -> list[types.ModuleType]:
@@ -60,7 +60,8 @@ def _probed_functions(mod: types.ModuleType) -> tuple[int, int]:
             f = getattr(v, "__func__", v)
             if isinstance(f, types.FunctionType) and f.__code__.co_filename == mod.__file__:
                 funcs.append(f)
-    return sum(any(n.startswith(PROBE) for n in f.__code__.co_names) for f in funcs), len(funcs)
+    probed = sum(any(type(c).__name__ == PROBE_TYPE for c in f.__code__.co_consts) for f in funcs)
+    return probed, len(funcs)
 
 
 def _flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
