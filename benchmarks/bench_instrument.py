@@ -475,15 +475,10 @@ def _import_all(wl: Workload) -> None:
 
 
 def _is_kcovx_instrumented(mod: types.ModuleType) -> bool:
-    """Every function of the module holds its unit's kcovx Probe as a constant (that is
-    what its probes subscript)."""
-    from kcovx._area import Probe
+    from kcovx.instrument import PROBE
 
-    funcs = [v for v in vars(mod).values() if isinstance(v, types.FunctionType)]
-    funcs = [f for f in funcs if f.__module__ == mod.__name__]
-    if not funcs:
-        return True  # nothing to tell apart (as for atheris)
-    return all(any(type(c) is Probe for c in f.__code__.co_consts) for f in funcs)
+    # the import hook binds the probe (``__kcovx_pc_<tag>__``) in each module it loads
+    return any(k.startswith(PROBE) for k in vars(mod))
 
 
 def _is_atheris_instrumented(mod: types.ModuleType) -> bool:
@@ -711,16 +706,17 @@ def _probe_shape() -> tuple[Any, str, int]:
     import dis
 
     import kcovx
+    from kcovx import instrument
 
     kcovx.instrument_func(_probe_carrier)
     ins = list(dis.get_instructions(_probe_carrier))
     for k, x in enumerate(ins):
-        if x.opname in ("LOAD_GLOBAL", "LOAD_CONST") and type(x.argval).__name__ == "Probe":
+        if x.opname == "LOAD_GLOBAL" and str(x.argval).startswith(instrument.PROBE):
             const = next(y for y in ins[k + 1 :] if y.opname == "LOAD_CONST")
             after = ins[ins.index(const) + 1 :]
             used = next(y.opname for y in after if y.opname not in ("CACHE", "PUSH_NULL"))
             how = "subscript" if "SUBSCR" in used else "call"
-            return x.argval, how, int(const.argval)
+            return _probe_carrier.__globals__[x.argval], how, int(const.argval)
     raise RuntimeError("no probe found in an instrumented function")
 
 

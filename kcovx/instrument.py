@@ -4,18 +4,16 @@ Owns: the source-to-source rewrite (an ``ast`` transformer), compiling and cachi
 registering the blocks with ``kcovx.pcs``, and the three ways in: ``instrument_func``,
 ``instrument_module`` and the ``instrument_imports`` import hook.
 
-How a block records: each instrumented unit (one source file as one module) has a
-``kcovx._area.Probe``, a C table of the unit's PCs, and the rewrite inserts ``probe[k]``
-(k: the block's index in the unit plus PROBE_BASE) with the Probe as a constant of the code:
-a statement before a statement; inside an expression ``probe[k] or expr``, or where that
-would change line events (see _expr_probe) ``(probe[k], expr)[1]``, or ``probe[k] is not
-None or cmp`` before a comparison whose value is only tested.  The subscript records the
-block's PC through the same recorder as ``trace_pc`` and evaluates to None.  In bytecode
-that is two constants, a subscript of a C object and a pop: no call (on 3.11 a call of a
-builtin would count against the recursion limit), no name lookup (no global is added to the
-module, nothing is looked up in a class namespace), no multi-digit int conversion.  The
-rewrite compiles a marker tuple in the Probe's place, so the code can be marshalled (the
-cache); ``Unit.code`` is that code with the marker replaced by the unit's Probe.  Every
+How a block records: each instrumented unit (one source file as one module) gets a probe
+name ``__kcovx_pc_<tag>__`` (tag: from its module, file and source) bound in the module's
+globals to the unit's ``kcovx._area.Probe``; the rewrite inserts ``__kcovx_pc_<tag>__[i]``
+(i: the block's index in the unit; the probe's subscript records the unit's i-th PC through
+the same recorder as ``trace_pc`` and evaluates to None): a statement before a statement;
+inside an expression ``probe[i] or expr``, or where that would change line events (see
+_expr_probe) ``(probe[i], expr)[1]``, or ``probe[i] is not None or cmp`` before a comparison
+whose value is only tested.  In bytecode that is a specialised global load, a small
+constant, a subscript of a C object and a pop: no call (on 3.11 a call of a builtin would
+count against the recursion limit), no Python frame, no multi-digit int conversion.  Every
 inserted node carries the position of the first instruction of the code it precedes (found
 by compiling that code alone when it spans lines), so line events (sys.settrace,
 coverage.py), tracebacks and positions are those of the original code; annotations are
@@ -65,12 +63,10 @@ __all__ = [
     "instrument_source",
 ]
 
-# The marker compiled where the unit's Probe goes: (PROBE, tag), tag from the unit's module,
-# file and source.
-PROBE = "__kcovx_probe__"
-# Probes pass a block's index plus this: the marker is a 2-tuple, and CPython folds a
-# constant tuple subscripted by a constant index that is in range.
-PROBE_BASE = 2
+# Every name instrumented code records through starts with this; the full name is per unit
+# (``__kcovx_pc_<tag>__``, tag from the unit's module, file and source) and bound, in the
+# module's globals, to the unit's ``Probe``: ``probe[i]`` records the unit's i-th PC.
+PROBE = "__kcovx_pc"
 # Bumped whenever the rewrite changes what it produces: part of the cache key.
 REWRITE_VERSION = 2
 
@@ -104,27 +100,22 @@ class Unit:
 
     module: str
     filename: str
-    raw: types.CodeType  # as compiled and cached: probes subscript the unit's marker
+    code: types.CodeType
     blocks: list[_BlockRec]
     scopes: list[tuple[str, int]]  # (qualname, parent scope index; -1 for the module)
-    marker: tuple[str, str] = ("", "")
+    probe_name: str = ""
     salted: bool = False  # PCs were moved off PCs other units had: not cached
     _probe: Probe | None = None
-    _code: types.CodeType | None = None
 
     def probe(self) -> Probe:
-        """The unit's recorder (built once): ``probe[i + PROBE_BASE]`` records
-        ``blocks[i].pc`` (the first PROBE_BASE slots are never used)."""
+        """The unit's recorder (built once): index i records ``blocks[i].pc``."""
         if self._probe is None:
-            self._probe = Probe([0] * PROBE_BASE + [b.pc for b in self.blocks])
+            self._probe = Probe([b.pc for b in self.blocks])
         return self._probe
 
-    @property
-    def code(self) -> types.CodeType:
-        """The code to run: ``raw`` with the marker constant replaced by the unit's Probe."""
-        if self._code is None:
-            self._code = _bind(self.raw, self.marker, self.probe())
-        return self._code
+    def install(self, globals_: dict[str, Any]) -> None:
+        """Bind the unit's probe name in the globals its code runs with."""
+        globals_[self.probe_name] = self.probe()
 
     def entries(self, scopes: set[int] | None = None) -> list[tuple[pcs.Block, pcs.Ident]]:
         out = []
@@ -498,8 +489,8 @@ def _declared_globals(body: Sequence[ast.stmt]) -> frozenset[str]:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, module: str, avoid: set[int], marker: tuple[str, str]) -> None:
-        self.marker = marker
+    def __init__(self, module: str, avoid: set[int], probe_name: str) -> None:
+        self.probe_name = probe_name
         self.unit = pcs.unit_hash(module)
         self.avoid = avoid
         self.blocks: list[_BlockRec] = []
@@ -565,13 +556,11 @@ class _Rewriter(ast.NodeTransformer):
         return pc
 
     def _call(self, extent: tuple[int, int, int, int], at: _Loc) -> ast.expr:
-        """The probe of a new block: ``<unit Probe>[i + PROBE_BASE]``, i its index in the unit."""
+        """The probe of a new block: ``__kcovx_pc_<tag>__[i]``, i its index in the unit."""
         index = len(self.blocks)
         self._new_pc(extent)
         call = ast.Subscript(
-            value=ast.Constant(cast(Any, self.marker)),  # a tuple constant (typeshed omits it)
-            slice=ast.Constant(index + PROBE_BASE),
-            ctx=ast.Load(),
+            value=ast.Name(self.probe_name, ast.Load()), slice=ast.Constant(index), ctx=ast.Load()
         )
         _locate(call, at)
         return call
@@ -768,7 +757,10 @@ class _Rewriter(ast.NodeTransformer):
         first = _start(node)[0]
         empty_at = None if skip else (first, 0, first, 0)
         body = self._body(node.body, entry=True, skip=skip, empty_at=empty_at)
-        node.body = body
+        # The probe is looked up as a global, never in the class namespace (a custom
+        # __prepare__ mapping must not see or create it).
+        decl = _locate_shallow(ast.Global(names=[self.probe_name]), node.body[0])
+        node.body = [*body[:skip], decl, *body[skip:]]
         self._pop()
         return node
 
@@ -927,21 +919,7 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
 
-def _bind(code: types.CodeType, marker: tuple[str, str], probe: Probe) -> types.CodeType:
-    """``code`` (and the code nested in it) with the constant ``marker`` replaced by
-    ``probe``."""
-    consts = tuple(
-        probe
-        if type(c) is tuple and c == marker
-        else _bind(c, marker, probe)
-        if isinstance(c, types.CodeType)
-        else c
-        for c in code.co_consts
-    )
-    return code.replace(co_consts=consts)
-
-
-def _marker(source: str | bytes, filename: str, module: str) -> tuple[str, str]:
+def _probe_name(source: str | bytes, filename: str, module: str) -> str:
     raw = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source
     h = hashlib.blake2b(digest_size=4)
     for part in (
@@ -951,17 +929,17 @@ def _marker(source: str | bytes, filename: str, module: str) -> tuple[str, str]:
     ):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
-    return (PROBE, h.hexdigest())
+    return f"{PROBE}_{h.hexdigest()}__"
 
 
 def _rewrite(source: str | bytes, filename: str, module: str, avoid: set[int]) -> Unit:
     tree = ast.parse(source, filename)
-    marker = _marker(source, filename, module)
-    rw = _Rewriter(module, avoid, marker)
+    name = _probe_name(source, filename, module)
+    rw = _Rewriter(module, avoid, name)
     tree = rw.visit(tree)
     ast.fix_missing_locations(tree)
     code = compile(tree, filename, "exec", dont_inherit=True)
-    return Unit(module, filename, code, rw.blocks, rw.scopes, marker, rw.salted)
+    return Unit(module, filename, code, rw.blocks, rw.scopes, name, rw.salted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -999,14 +977,14 @@ def _cache_load(key: str) -> Unit | None:
     try:
         with open(os.path.join(d, key), "rb") as f:
             data = marshal.loads(f.read())
-        module, filename, code, blocks, scopes, marker = data
+        module, filename, code, blocks, scopes, probe_name = data
         return Unit(
             module,
             filename,
             code,
             [_BlockRec(s, fn, o, n, tuple(e), pc) for s, fn, o, n, e, pc in blocks],
             [tuple(s) for s in scopes],
-            tuple(marker),
+            probe_name,
         )
     except (OSError, EOFError, ValueError, TypeError):
         return None
@@ -1019,10 +997,10 @@ def _cache_store(key: str, unit: Unit) -> None:
     data = (
         unit.module,
         unit.filename,
-        unit.raw,
+        unit.code,
         [(b.scope, b.function, b.occurrence, b.ordinal, b.extent, b.pc) for b in unit.blocks],
         unit.scopes,
-        unit.marker,
+        unit.probe_name,
     )
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -1082,7 +1060,7 @@ def _iter_code(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 def _is_instrumented(code: types.CodeType) -> bool:
-    return any(type(c) is Probe for c in code.co_consts)
+    return any(n.startswith(PROBE) for n in code.co_names)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1171,10 +1149,10 @@ def _scope_of(unit: Unit, code: types.CodeType) -> int:
     # after the probe name is one of its own blocks.
     loading = False
     for ins in dis.get_instructions(code):
-        if ins.opname == "LOAD_CONST" and type(ins.argval) is Probe:
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval == unit.probe_name:
             loading = True
         elif loading and ins.opname == "LOAD_CONST" and type(ins.argval) is int:
-            b = unit.blocks[ins.argval - PROBE_BASE]
+            b = unit.blocks[ins.argval]
             if unit.scopes[b.scope][0] == code.co_qualname:
                 return b.scope
             loading = False
@@ -1207,6 +1185,7 @@ def instrument_func(func: _F) -> _F:
     unit = _source_unit(code, module)
     new, scope = _match(unit, code)
     _register_subtree(unit, scope)
+    unit.install(target.__globals__)
     target.__code__ = new
     return func
 
@@ -1262,6 +1241,7 @@ def instrument_module(mod: types.ModuleType) -> types.ModuleType:
     except OSError as e:
         raise ValueError(f"kcovx: cannot read the source of {mod.__name__!r}: {e}") from None
     unit = instrument_source(source, filename, mod.__name__)
+    unit.install(mod.__dict__)
     for fn in _functions_of(mod):
         code = fn.__code__
         if _is_instrumented(code) or code.co_filename != filename:
@@ -1415,6 +1395,7 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         unit = self.unit(module.__name__)
+        unit.install(module.__dict__)
         exec(unit.code, module.__dict__)
 
 
@@ -1436,4 +1417,5 @@ def instrument_imports(
 
 
 def run_code(unit: Unit, globals_: dict[str, Any]) -> None:
+    unit.install(globals_)
     exec(unit.code, globals_)

@@ -98,7 +98,15 @@ def _run_script(path: str, args: Sequence[str]) -> None:
 
 def _run_module(name: str, args: Sequence[str]) -> None:
     with _as_main(name, args, os.getcwd()):
-        runpy.run_module(name, run_name="__main__", alter_sys=True)
+        # runpy executes the loader's code in globals of its own: give them the probe.
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            spec = importlib.util.find_spec(f"{name}.__main__")
+        init: dict[str, object] = {}
+        if spec is not None and isinstance(spec.loader, instrument.InstrumentingLoader):
+            unit = spec.loader.unit(spec.name)
+            init[unit.probe_name] = unit.probe()
+        runpy.run_module(name, run_name="__main__", alter_sys=True, init_globals=init)
 
 
 def _instrument_loaded(hook: instrument.ImportHook) -> None:

@@ -697,13 +697,6 @@ def _cases(mod: types.ModuleType) -> list[str]:
     return sorted(n for n in vars(mod) if n.startswith("case_"))
 
 
-def _probe_in(code: types.CodeType) -> Any:
-    """The kcovx.Probe ``code`` records with (a constant of it), or None."""
-    found = [c for c in code.co_consts if type(c) is Probe]
-    assert len(found) <= 1, found
-    return found[0] if found else None
-
-
 def _has_probe(names: Any) -> bool:
     """Whether any of ``names`` (strings or anything else) is a probe name."""
     return any(isinstance(n, str) and n.startswith(PROBE) for n in names)
@@ -721,13 +714,13 @@ def _probe_indices(code: types.CodeType) -> list[int]:
     out = []
     ins = [i for i in dis.get_instructions(code) if i.opname not in ("CACHE", "PUSH_NULL")]
     for a, b in itertools.pairwise(ins):
-        if type(a.argval) is Probe and b.opname == "LOAD_CONST":
+        if isinstance(a.argval, str) and a.argval.startswith(PROBE) and b.opname == "LOAD_CONST":
             out.append(b.argval)
     return out
 
 
 def _instrumented(fn: Any) -> bool:
-    return _probe_in(fn.__code__) is not None
+    return _has_probe(fn.__code__.co_names)
 
 
 class Twins(typing.NamedTuple):
@@ -750,9 +743,8 @@ def _load_twins(folder: Path, stem: str, source: str) -> Twins:
     plain = importlib.import_module(plain_name)
     with kcovx.instrument_imports(include=[inst_name]):
         inst = importlib.import_module(inst_name)
-    # The probe is a constant of the code: no module global is added.
-    assert _probe_of(vars(inst)) is None and _probe_of(vars(plain)) is None
-    assert set(vars(inst)) == set(vars(plain))
+    assert isinstance(_probe_of(vars(inst)), Probe)
+    assert _probe_of(vars(plain)) is None
     return Twins(plain, inst)
 
 
@@ -1048,8 +1040,9 @@ def _battery(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     plain: dict[str, Any] = {}
     exec(compile(source, filename, "exec", dont_inherit=True), plain)
     unit = instrument.instrument_source(source, filename, "kcx_battery", register=False)
-    assert _probe_in(unit.code) is not None
+    assert _has_probe(unit.code.co_names)
     inst: dict[str, Any] = {}
+    unit.install(inst)
     exec(unit.code, inst)
     events_plain = _traced(plain["case"], filename)
     events_inst = _traced(inst["case"], filename)
@@ -1200,10 +1193,17 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
             "co_kwonlyargcount", "co_flags", "co_freevars", "co_cellvars",
         ):  # fmt: skip
             assert getattr(i, attr) == getattr(p, attr), (where, attr)
-        assert i.co_varnames == p.co_varnames, where
+        varnames = i.co_varnames
+        if _has_probe(varnames):
+            # 3.12+ gives every name used in a comprehension inlined in a class body a hidden
+            # fast-local slot (plain code does it too, e.g. for len below); no namespace access
+            assert sys.version_info >= (3, 12) and where.endswith("Local"), where
+            assert "len" in p.co_varnames
+            varnames = tuple(v for v in varnames if not v.startswith(PROBE))
+        assert varnames == p.co_varnames, where
         assert _lines(i) == _lines(p), where
-        assert set(i.co_names) == set(p.co_names), where  # no name added
-        assert _probe_in(i) is not None, where  # every scope records its entry
+        assert {n for n in i.co_names if not n.startswith(PROBE)} == set(p.co_names), where
+        assert _has_probe(i.co_names), where  # every scope records its entry
         if p.co_consts and isinstance(p.co_consts[0], str):
             assert i.co_consts[0] == p.co_consts[0], where  # the docstring
 
@@ -1657,7 +1657,7 @@ def test_block_functions_are_the_code_objects_qualnames(corpus: Twins) -> None:
     inlined comprehensions are the exception: their probes live in the enclosing code)."""
     _, inst = corpus
     fns = [inst.closures, inst.comprehensions, inst.coro, inst.make_class, inst.Tool.v.fget]
-    pcs_of_inst = _probe_in(inst.closures.__code__).pcs
+    pcs_of_inst = _probe_of(vars(inst)).pcs
     checked = 0
     for fn in fns:
         for code in _iter_code(fn.__code__):
@@ -1808,7 +1808,7 @@ def test_instrument_func_instruments_in_place(funcs: types.ModuleType, devices: 
     code = f.__code__
     assert kcovx.instrument_func(f) is f
     assert _instrumented(f) and f.__code__ is not code
-    assert _probe_of(vars(funcs)) is None and isinstance(_probe_in(f.__code__), Probe)
+    assert isinstance(_probe_of(vars(funcs)), Probe)
     assert (f(3), f(0), f.__doc__, f.__name__) == (6, -1, "Plain doc.", "plain")
     before = kcovx.blocks()
     new_code = f.__code__
@@ -1908,7 +1908,7 @@ def test_instrument_module_reaches_every_function(tmp_path: Path) -> None:
 def _check_instrument_module(mod: types.ModuleType) -> None:
     expected = {n: _outcome(getattr(mod, n)) for n in _cases(mod) if n != "case_raise_recursion"}
     assert kcovx.instrument_module(mod) is mod
-    assert _probe_of(vars(mod)) is None
+    assert isinstance(_probe_of(vars(mod)), Probe)
     tool = vars(mod.Tool)
     reached = [
         mod.straight, mod.gen, mod.coro, mod.agen, mod.Point.__init__, mod.Color.describe,
