@@ -136,10 +136,9 @@ class Unit:
 
 
 def _pos(node: ast.AST) -> tuple[int, int, int, int]:
-    n: Any = node
-    end_line = n.end_lineno if n.end_lineno is not None else n.lineno
-    end_col = n.end_col_offset if n.end_col_offset is not None else n.col_offset
-    return (n.lineno, n.col_offset + 1, end_line, end_col + 1)
+    """``node``'s extent as a block reports it: 1-based columns (see ``_loc``)."""
+    line, col, end_line, end_col = _loc(node)
+    return (line, col + 1, end_line, end_col + 1)
 
 
 def _start(node: ast.stmt) -> tuple[int, int]:

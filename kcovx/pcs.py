@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import NamedTuple
 
 __all__ = [
@@ -172,8 +172,3 @@ def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{os.fspath(path)}: malformed PC table ({e})") from None
     return out
-
-
-def iter_known(table: Mapping[int, Block] | None) -> Iterator[Block]:
-    """The blocks of ``table``, or of this process, sorted by PC."""
-    yield from (sorted(table.values()) if table is not None else blocks())
