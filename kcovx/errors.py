@@ -1,8 +1,16 @@
-"""Error helpers shared by every layer.
+"""Errors of kcovx, and the helpers that raise them.
 
-Owns: turning an errno into the OSError the kernel would give (``OSError(errno,
-os.strerror(errno))``), and the checks that turn wrong Python types and values into TypeError,
-OverflowError or ValueError with a message that says what was expected.  Stateless.
+Owns: the exception hierarchy and the argument checks shared by every layer.  Stateless.
+
+- Device calls fail as the kernel's system calls do: ``OSError(errno, os.strerror(errno))``
+  (``kernel_error``/``fail``), so ``except OSError as e: e.errno == errno.EBUSY`` works as it
+  does against /dev/kcov.  They never raise a ``KcovxError``.
+- Everything else kcovx itself decides to refuse is a ``KcovxError``.  Each specific error also
+  subclasses the builtin a caller would have caught before it existed (as msgpack's and
+  coverage.py's exceptions do): a missing source is still a ``ValueError``, an unknown PC still
+  a ``LookupError``.
+- Wrong argument types and ranges from Python stay plain ``TypeError``/``OverflowError``/
+  ``ValueError`` with a message that says what was expected (``as_u64``).
 """
 
 from __future__ import annotations
@@ -12,6 +20,34 @@ import os
 from typing import NoReturn
 
 U64_MAX = (1 << 64) - 1
+
+
+class KcovxError(Exception):
+    """Base of every error kcovx raises on its own account (not device errno errors)."""
+
+
+class NoSourceError(KcovxError, ValueError):
+    """Code that kcovx cannot instrument because its Python source cannot be had."""
+
+
+class InstrumentError(KcovxError, ValueError):
+    """Code that kcovx refuses to instrument (kcovx itself, code it cannot match to source)."""
+
+
+class UnknownPCError(KcovxError, LookupError):
+    """A PC that no registered block has."""
+
+
+class PCsTableError(KcovxError, ValueError):
+    """A PC table file that is missing, unreadable or malformed."""
+
+
+class CoverFileError(KcovxError, ValueError):
+    """A cover file (an area on disk) that is unreadable or malformed."""
+
+
+class CacheEntryError(KcovxError, ValueError):
+    """A code-cache entry that failed verification; kcovx then instruments from source."""
 
 
 def kernel_error(err: int) -> OSError:
@@ -31,3 +67,17 @@ def as_u64(value: object, what: str) -> int:
     if n < 0 or n > U64_MAX:
         raise OverflowError(f"{what} must be in [0, 2**64), got {n}")
     return n
+
+
+__all__ = [
+    "CacheEntryError",
+    "CoverFileError",
+    "InstrumentError",
+    "KcovxError",
+    "NoSourceError",
+    "PCsTableError",
+    "UnknownPCError",
+    "as_u64",
+    "fail",
+    "kernel_error",
+]
