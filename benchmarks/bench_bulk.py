@@ -21,20 +21,20 @@ Usage: ``python benchmarks/bench_bulk.py [--quick]``.
 
 from __future__ import annotations
 
-import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
+from _common import gc_paused, rotated
+from _report import Judge, Table, Target, median, versions
 
 import kcovx
 
 QUICK = "--quick" in sys.argv
 ROUNDS = 7 if QUICK else 41
 TARGET_M = 65536
-TARGET = 0.8  # candidate throughput >= TARGET x baseline throughput
+GOAL = Target(">=0.8")  # candidate throughput / baseline throughput
 SIZES = (64, 4096, 65536, 1 << 20)
 SAMPLE_NS = 1_000_000 if QUICK else 4_000_000  # aim for this much time per sample
 
@@ -114,8 +114,7 @@ def bench_size(m: int) -> dict[str, list[float]]:
         names = list(ops)
         out: dict[str, list[float]] = {name: [] for name in names}
         for k in range(ROUNDS):
-            order = names[k % len(names) :] + names[: k % len(names)]
-            for name in order:
+            for name in rotated(names, k):
                 out[name].append(_sample(ops[name], reps[name]))
         return out
     finally:
@@ -125,48 +124,29 @@ def bench_size(m: int) -> dict[str, list[float]]:
 
 def main() -> int:
     print(f"bench_bulk: bulk append of m uint64 PCs vs numpy slice assignment, {ROUNDS} rounds")
-    print(
-        f"Python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"kcovx {kcovx.__version__} from {kcovx.__file__}"
-    )
+    print(versions())
     print()
-    med = statistics.median
-    head = (
-        f"{'m':>8} {'method':<24} {'us/op':>9} {'ns/PC':>7} {'GB/s':>7} {'ratio':>6} "
-        f"{'target':>7} {'result':>6}"
-    )
+    table = Table("m>8 | method<24 | us/op>9.2f | ns/PC>7.3f | GB/s>7.2f | ratio>6.2f", judged=True)
     print("median over rounds; ratio = candidate throughput / baseline throughput (same m)")
-    print(head)
-    print("-" * len(head))
-    failed = False
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    table.print_head()
+    judge = Judge()
+    with gc_paused():
         for m in SIZES:
             res = bench_size(m)
             names = list(res)
-            t_base = med(res[names[0]])
+            t_base = median(res[names[0]])
             for name in names:
-                t = med(res[name])
+                t = median(res[name])
                 ratio = t_base / t
                 if name == names[0]:
                     verdict, target = "base", ""
-                elif m == TARGET_M:
-                    verdict = "PASS" if ratio >= TARGET else "FAIL"
-                    target = f">={TARGET}"
                 else:
-                    verdict, target = "info", ""
-                failed |= verdict == "FAIL"
-                print(
-                    f"{m:>8} {name:<24} {t / 1e3:9.2f} {t / m:7.3f} {m * 8 / t:7.2f} "
-                    f"{ratio:6.2f} {target:>7} {verdict:>6}"
-                )
-    finally:
-        if was_enabled:
-            gc.enable()
+                    verdict = judge.verdict(ratio, GOAL, judged=m == TARGET_M)
+                    target = str(GOAL) if m == TARGET_M else ""
+                table.print_row(m, name, t / 1e3, t / m, m * 8 / t, ratio, target, verdict)
     print()
     print("candidates include the reset words[0] = 0 (a numpy scalar store) in every operation")
-    return 1 if failed else 0
+    return judge.status()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import importlib.machinery
 import importlib.util
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -42,14 +41,15 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from _common import cpu_model
+from _common import cpu_model, rotated
+from _report import Judge, Table, Target, median, spread, spread_cell
 
 import kcovx
 
 QUICK = "--quick" in sys.argv
 WORDS = 1 << 20  # area size in words; N = WORDS - 1 PCs per repetition
 ROUNDS = 9 if QUICK else 31  # >= 7
-TARGET_NS = 1.5  # cimport kcovx_append_pc, ns per PC
+GOAL = Target("<=1.5")  # cimport kcovx_append_pc, ns per PC
 BUILD_TIMEOUT = 120  # seconds
 
 _PYX = r'''
@@ -247,11 +247,10 @@ def main() -> int:
                 methods[name]()
         ns: dict[str, list[float]] = {name: [] for name in names}
         for k in range(ROUNDS):
-            for name in names[k % len(names) :] + names[: k % len(names)]:
+            for name in rotated(names, k):
                 ns[name].append(methods[name]() / n)
 
-    med = statistics.median
-    base = med(ns["baseline"])
+    base = median(ns["baseline"])
     labels = {
         "baseline": "plain store words[i+1] = pc (C array)",
         "cimport": "kcovx_append_pc(&a.c, pc)  [cimport]",
@@ -259,21 +258,21 @@ def main() -> int:
         "bulk": "kcovx_append_pcs(&a.c, pcs, N)  [bulk]",
     }
     print()
-    head = f"{'method':<40} {'ns/PC':>7} {'p25-p75':>13} {'x base':>7}"
+    table = Table("method<40 | ns/PC>7.3f | p25-p75>13 | x base>7.2f")
     print("ns per PC, medians over rounds; x base = median / median of the baseline")
-    print(head)
-    print("-" * len(head))
+    table.print_head()
     for name in names:
-        q = statistics.quantiles(ns[name], n=4)
-        print(
-            f"{labels[name]:<40} {med(ns[name]):7.3f} {q[0]:6.3f}-{q[2]:<6.3f} "
-            f"{med(ns[name]) / base:7.2f}"
-        )
-    got = med(ns["cimport"])
-    verdict = "PASS" if got <= TARGET_NS else "FAIL"
+        m = median(ns[name])
+        table.print_row(labels[name], m, spread_cell(spread(ns[name]), 6, 3), m / base)
+    got = median(ns["cimport"])
+    judge = Judge()
+    verdict = judge.verdict(got, GOAL)
     print()
-    print(f"target: cimport kcovx_append_pc <= {TARGET_NS} ns/PC: {got:.3f} ns/PC  {verdict}")
-    return 0 if verdict == "PASS" else 1
+    print(
+        f"target: cimport kcovx_append_pc {GOAL.op} {GOAL.limit:g} ns/PC: "
+        f"{got:.3f} ns/PC  {verdict}"
+    )
+    return judge.status()
 
 
 if __name__ == "__main__":

@@ -27,23 +27,22 @@ Usage: ``python benchmarks/bench_task_work.py [--quick]``.
 
 from __future__ import annotations
 
-import gc
-import statistics
 import sys
 import time
 
 import numpy as np
+from _common import gc_paused, rotated
+from _report import Judge, Table, Target, median, versions
 
 import kcovx
-from kcovx import _area
 
 QUICK = "--quick" in sys.argv
 PENDING = (0, 256, 1024, 16384, 65536)
 SIZES = (512, 8 * 1024 * 1024)
 PASSES = 2 if QUICK else 6  # alternating blocks per area size
 ROUNDS = 10 if QUICK else 201  # rounds per block (every n once per round)
-SIZE_TARGET = 1.5  # flush(8M words) / flush(512 words) for unclipped small n
-NS_PER_PC_TARGET = 5.0
+SIZE_TARGET = Target("<=1.5")  # flush(8M words) / flush(512 words) for unclipped small n
+NS_PER_PC_TARGET = Target("<=5")  # gross ns per PC written, n >= 16K on the 8M-word area
 
 _PCS = (np.arange(max(PENDING), dtype=np.uint64) * np.uint64(0x9E37)) + np.uint64(0x400000)
 _SRC = _PCS.copy()
@@ -58,7 +57,12 @@ def _copy_ns(n: int) -> int:
     return clock() - t0
 
 
-def block(size: int, flush_ns: dict, copy_ns: dict, written: dict) -> None:
+def block(
+    size: int,
+    flush_ns: dict[tuple[int, int], list[int]],
+    copy_ns: dict[int, list[int]],
+    written: dict[tuple[int, int], int],
+) -> None:
     """One block of rounds on a fresh enabled gvisor device of size words."""
     clock = time.perf_counter_ns
     trace_pcs = kcovx.trace_pcs
@@ -71,20 +75,20 @@ def block(size: int, flush_ns: dict, copy_ns: dict, written: dict) -> None:
         def one(n: int) -> tuple[int, int]:
             flush()  # untimed, nothing pending: warms the call path after the last sample
             trace_pcs(_PCS[:n])
-            if _area._pending_len() != n:
-                raise AssertionError(f"pending {_area._pending_len()} != {n}")
             words[0] = 0
             t0 = clock()
             flush()
             dt = clock() - t0
+            # n distinct PCs were pending: the flush wrote them all, or filled the area.
+            if int(words[0]) != min(n, size - 1):
+                raise AssertionError(f"flushed {int(words[0])} PCs, expected {min(n, size - 1)}")
             return dt, int(words[0])
 
         for n in PENDING:  # warm up: touch the area pages the large n write, grow the set
             one(n)
             one(n)
         for k in range(ROUNDS):
-            order = PENDING[k % len(PENDING) :] + PENDING[: k % len(PENDING)]
-            for n in order:
+            for n in rotated(PENDING, k):
                 if k % 2:
                     copy_ns[n].append(_copy_ns(n))
                     dt, w = one(n)
@@ -101,72 +105,62 @@ def main() -> int:
         f"bench_task_work: gvisor flush() time by pending PCs n and area size, "
         f"{PASSES} passes x {ROUNDS} rounds per size"
     )
-    print(
-        f"Python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"kcovx {kcovx.__version__} from {kcovx.__file__}"
-    )
+    print(versions())
     print()
     flush_ns: dict[tuple[int, int], list[int]] = {(s, n): [] for s in SIZES for n in PENDING}
     copy_ns: dict[int, list[int]] = {n: [] for n in PENDING}
     written: dict[tuple[int, int], int] = {}
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for _ in range(PASSES):
             for size in SIZES:
                 block(size, flush_ns, copy_ns, written)
-    finally:
-        if was_enabled:
-            gc.enable()
 
-    med = statistics.median
-    head = (
-        f"{'area words':>10} {'n pending':>9} {'written':>8} {'flush us':>9} {'ns/PC':>7} "
-        f"{'net ns/PC':>9} {'copy us':>8} {'ratio':>6} {'target':>7} {'result':>6}"
+    table = Table(
+        "area words>10 | n pending>9 | written>8 | flush us>9.2f | ns/PC>7.2f | net ns/PC>9.2f"
+        " | copy us>8.2f | ratio>6.2f",
+        judged=True,
     )
     print("flush = Device.flush() running the task work; copy = numpy dst[1:n+1] = src[:n]")
     print("ns/PC = flush / written; net ns/PC = (flush - flush at n=0) / written;")
     print("ratio = flush / copy (same n); medians over all rounds")
-    print(head)
-    print("-" * len(head))
-    failed = False
+    table.print_head()
+    judge = Judge()
     for size in SIZES:
-        t0 = med(flush_ns[(size, 0)])
+        t0 = median(flush_ns[(size, 0)])
         for n in PENDING:
-            t = med(flush_ns[(size, n)])
-            c = med(copy_ns[n])
+            t = median(flush_ns[(size, n)])
+            c = median(copy_ns[n])
             w = written[(size, n)]
-            per = f"{t / w:7.2f}" if w else f"{'-':>7}"
-            net = f"{(t - t0) / w:9.2f}" if w else f"{'-':>9}"
-            if size == max(SIZES) and n >= 16384:
-                verdict = "PASS" if t / w <= NS_PER_PC_TARGET else "FAIL"
-                target = f"<={NS_PER_PC_TARGET:g}"
-            else:
-                verdict, target = "info", ""
-            failed |= verdict == "FAIL"
-            print(
-                f"{size:>10} {n:>9} {w:>8} {t / 1e3:9.2f} {per} {net} {c / 1e3:8.2f} "
-                f"{t / c:6.2f} {target:>7} {verdict:>6}"
+            judged = size == max(SIZES) and n >= 16384
+            table.print_row(
+                size,
+                n,
+                w,
+                t / 1e3,
+                t / w if w else None,
+                (t - t0) / w if w else None,
+                c / 1e3,
+                t / c,
+                NS_PER_PC_TARGET if judged else "",
+                judge.verdict(t / w if w else 0.0, NS_PER_PC_TARGET, judged=judged),
             )
     print()
-    head2 = (
-        f"{'n pending':>9} {'512 words us':>13} {'8M words us':>12} {'8M/512':>7} "
-        f"{'target':>7} {'result':>6}"
-    )
+    sizes = Table("n pending>9 | 512 words us>13.2f | 8M words us>12.2f | 8M/512>7.2f", judged=True)
     print("area-size independence (n small enough that neither area clips)")
-    print(head2)
-    print("-" * len(head2))
+    sizes.print_head()
     small, big = SIZES
     for n in PENDING:
-        a, b = med(flush_ns[(small, n)]), med(flush_ns[(big, n)])
-        if written[(small, n)] == written[(big, n)]:
-            verdict = "PASS" if b / a <= SIZE_TARGET else "FAIL"
-            target = f"<={SIZE_TARGET:g}"
-        else:
-            verdict, target = "info", ""
-        failed |= verdict == "FAIL"
-        print(f"{n:>9} {a / 1e3:13.2f} {b / 1e3:12.2f} {b / a:7.2f} {target:>7} {verdict:>6}")
-    return 1 if failed else 0
+        a, b = median(flush_ns[(small, n)]), median(flush_ns[(big, n)])
+        judged = written[(small, n)] == written[(big, n)]
+        sizes.print_row(
+            n,
+            a / 1e3,
+            b / 1e3,
+            b / a,
+            SIZE_TARGET if judged else "",
+            judge.verdict(b / a, SIZE_TARGET, judged=judged),
+        )
+    return judge.status()
 
 
 if __name__ == "__main__":

@@ -24,43 +24,19 @@ Runs in well under 60 s.  Usage: ``python benchmarks/bench_trace_pc.py [--quick]
 
 from __future__ import annotations
 
-import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
-import numpy as np
+from _common import fresh_loop, gc_paused, rotated
+from _report import Judge, Table, Target, median, spread, spread_cell, versions
 
 import kcovx
 
 QUICK = "--quick" in sys.argv
 N = 50_000 if QUICK else 300_000  # calls per loop
 ROUNDS = 7 if QUICK else 31  # rounds per scenario (each round: empty, abs, trace_pc)
-TARGET = 1.5  # trace_pc net cost <= TARGET x abs net cost
-
-_LOOP_SRC = """
-def run(r, f, clock):
-    t0 = clock()
-    for i in r:
-        f(i)
-    return clock() - t0
-"""
-
-_EMPTY_SRC = """
-def run(r, f, clock):
-    t0 = clock()
-    for i in r:
-        pass
-    return clock() - t0
-"""
-
-
-def _fresh(src: str) -> Callable[..., int]:
-    """A new function (own code object, own inline caches) from src."""
-    ns: dict[str, object] = {}
-    exec(compile(src, "<bench_trace_pc>", "exec"), ns)  # the fixed source above
-    return ns["run"]  # type: ignore[return-value]
+GOAL = Target("<=1.5")  # net trace_pc / net abs
 
 
 def _round_up(n: int, m: int) -> int:
@@ -73,9 +49,9 @@ def measure(r: list[int], before: Callable[[], None] = lambda: None) -> dict[str
     before() runs (untimed) before every trace_pc loop, e.g. to reset the area count.
     """
     loops = {
-        "empty": (_fresh(_EMPTY_SRC), None),
-        "abs": (_fresh(_LOOP_SRC), abs),
-        "trace_pc": (_fresh(_LOOP_SRC), kcovx.trace_pc),
+        "empty": (fresh_loop("pass"), None),
+        "abs": (fresh_loop("f(i)"), abs),
+        "trace_pc": (fresh_loop("f(i)"), kcovx.trace_pc),
     }
     clock = time.perf_counter_ns
     names = list(loops)
@@ -89,8 +65,7 @@ def measure(r: list[int], before: Callable[[], None] = lambda: None) -> dict[str
     n = len(r)
     for k in range(ROUNDS):
         t: dict[str, int] = {}
-        order = names[k % 3 :] + names[: k % 3]
-        for name in order:
+        for name in rotated(names, k):
             if name == "trace_pc":
                 before()
             run, f = loops[name]
@@ -169,47 +144,40 @@ def scenarios() -> list[Row]:
     return rows
 
 
-def report(rows: list[Row]) -> bool:
-    """Print the table; True if every judged row meets the target."""
-    med = statistics.median
-    head = (
-        f"{'scenario':<44} {'empty':>7} {'abs':>7} {'trace_pc':>9} {'ratio':>6} "
-        f"{'p25-p75':>11} {'target':>7} {'result':>6}"
+def report(rows: list[Row]) -> int:
+    """Print the table; the exit status (every judged row meets the target, or not)."""
+    table = Table(
+        "scenario<44 | empty>7.2f | abs>7.2f | trace_pc>9.2f | ratio>6.2f | p25-p75>11",
+        judged=True,
     )
     print("ns per iteration (empty loop) and net ns per call; medians over rounds")
-    print(head)
-    print("-" * len(head))
-    ok = True
+    table.print_head()
+    judge = Judge()
     for name, res, judged in rows:
-        m_abs, m_tp = med(res["abs"]), med(res["trace_pc"])
+        m_abs, m_tp = median(res["abs"]), median(res["trace_pc"])
         ratio = m_tp / m_abs if m_abs > 0 else float("inf")
-        q = statistics.quantiles(res["ratio"], n=4)
-        verdict = ("PASS" if ratio <= TARGET else "FAIL") if judged else "info"
-        ok &= verdict != "FAIL"
-        print(
-            f"{name:<44} {med(res['empty']):7.2f} {m_abs:7.2f} {m_tp:9.2f} {ratio:6.2f} "
-            f"{q[0]:5.2f}-{q[2]:<5.2f} {'<=' + str(TARGET):>7} {verdict:>6}"
+        table.print_row(
+            name,
+            median(res["empty"]),
+            m_abs,
+            m_tp,
+            ratio,
+            spread_cell(spread(res["ratio"]), 5, 2),
+            GOAL,
+            judge.verdict(ratio, GOAL, judged=judged),
         )
     print()
     print("ratio = median net trace_pc / median net abs; p25-p75: spread of per-round ratios")
-    return ok
+    return judge.status()
 
 
 def main() -> int:
     print(f"bench_trace_pc: kcovx.trace_pc(pc) vs abs(i), {N} calls/loop, {ROUNDS} rounds")
-    print(
-        f"Python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"kcovx {kcovx.__version__} from {kcovx.__file__}"
-    )
+    print(versions())
     print()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         rows = scenarios()
-    finally:
-        if was_enabled:
-            gc.enable()
-    return 0 if report(rows) else 1
+    return report(rows)
 
 
 if __name__ == "__main__":

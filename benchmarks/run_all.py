@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from _common import cpu_model
+from _report import EXIT_BROKEN, EXIT_MET, EXIT_MISSED
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 180
@@ -91,12 +92,14 @@ def main() -> int:
     print()
     print("summary")
     for name, rc, secs in results:
-        state = {0: "all targets met", 1: "TARGET MISSED"}.get(rc, f"ERROR (exit {rc})")
+        state = {EXIT_MET: "all targets met", EXIT_MISSED: "TARGET MISSED"}.get(
+            rc, f"ERROR (exit {rc})"
+        )
         print(f"  {name:<28} {state:<20} {secs:6.1f} s")
     codes = {rc for _, rc, _ in results}
-    if codes <= {0}:
-        return 0
-    return 1 if codes <= {0, 1} else 2
+    if codes <= {EXIT_MET}:
+        return EXIT_MET
+    return EXIT_MISSED if codes <= {EXIT_MET, EXIT_MISSED} else EXIT_BROKEN
 
 
 if __name__ == "__main__":
