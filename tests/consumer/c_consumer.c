@@ -1,11 +1,12 @@
 /*
  * tests/consumer/c_consumer.c: a real consumer of kcovx's capsule C API, in plain C.
  *
- * Owns nothing of kcovx: it does what a third-party C extension would do.  At import it
- * imports kcovx._area, fetches the capsule KCOVX_CAPSULE_NAME and refuses (ImportError) an
- * abi_version other than KCOVX_ABI_VERSION or a struct smaller than the kcovx_api_t it was
- * compiled against.  Each function then calls one slot of the API.  Built at test time by
- * tests/test_consumer.py with include_dirs=[kcovx.get_include()]; never committed built.
+ * Owns nothing of kcovx: it does what a third-party C extension would do.  At import it calls
+ * kcovx.h's kcovx_import_api(), which refuses (ImportError) an abi_version other than the
+ * KCOVX_ABI_VERSION it was compiled against or a struct smaller than its kcovx_api_t.  Each
+ * function then calls one slot of the API.  Built at test time by tests/test_consumer.py with
+ * include_dirs=[kcovx.get_include()] (or a doctored copy of kcovx.h, to show the refusal);
+ * never committed built.
  *
  * Threading: every function here runs with the GIL held (trace_pc/trace_cmp/area_of need it);
  * the append functions are on areas whose one writer is the calling thread.
@@ -170,28 +171,10 @@ static struct PyModuleDef moddef = {
 
 PyMODINIT_FUNC PyInit_c_consumer(void)
 {
-    PyObject *m, *core;
-    const kcovx_api_t *p;
+    PyObject *m;
 
-    core = PyImport_ImportModule("kcovx._area");
-    if (core == NULL)
+    if ((api = kcovx_import_api()) == NULL)
         return NULL;
-    Py_DECREF(core);
-    p = (const kcovx_api_t *)PyCapsule_Import(KCOVX_CAPSULE_NAME, 0);
-    if (p == NULL)
-        return NULL;
-    if (p->abi_version != KCOVX_ABI_VERSION) {
-        PyErr_Format(PyExc_ImportError, "kcovx C API: abi_version %u, this module needs %u",
-                     (unsigned)p->abi_version, (unsigned)KCOVX_ABI_VERSION);
-        return NULL;
-    }
-    if (p->struct_size < sizeof(kcovx_api_t)) {
-        PyErr_Format(PyExc_ImportError, "kcovx C API: struct_size %u, this module needs %zu",
-                     (unsigned)p->struct_size, sizeof(kcovx_api_t));
-        return NULL;
-    }
-    api = p;
-
     m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;
