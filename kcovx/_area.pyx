@@ -16,6 +16,8 @@
 #   in use.  Bulk copies into an area release the GIL when large.
 # - Per-event entry points take no locks, make no Python calls and allocate only when the
 #   pending set grows (amortised, and a failure is a MemoryError, never a crash).
+# - Every size computed here is bounded before use: areas by KCOVX_MAX_WORDS, Probe tables and
+#   the pending set by SIZE_MAX / 8, so no byte count wraps.
 
 cimport cython
 from cpython.buffer cimport (
@@ -32,7 +34,7 @@ from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport SIZE_MAX, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -109,10 +111,12 @@ cdef inline uint64_t _slot(uint64_t pc, uint32_t shift) noexcept nogil:
 
 cdef int _pending_grow() noexcept nogil:
     """Double the table, keeping the live PCs.  Returns -1 (table unchanged) on no memory."""
-    cdef uint64_t cap = 1024 if _pend.cap == 0 else _pend.cap * 2
+    cdef uint64_t cap, c, i, j, pc
     cdef uint32_t shift = 64
-    cdef uint64_t c = cap
-    cdef uint64_t i, j, pc
+    if _pend.cap > SIZE_MAX / sizeof(uint64_t) / 2:  # the doubled byte count would wrap
+        return -1
+    cap = 1024 if _pend.cap == 0 else _pend.cap * 2
+    c = cap
     while c > 1:
         c >>= 1
         shift -= 1
@@ -384,21 +388,29 @@ cdef class Probe:
     Instrumented code says ``probe[i]`` with a small constant i rather than calling
     trace_pc with the 64-bit PC: a small int converts in a few instructions, where a 64-bit
     one takes the multi-digit path, and a subscript is not a call, so on 3.11 it does not
-    count against the recursion limit (a call of a builtin does).  The PCs are copied in at
-    construction and never change.
+    count against the recursion limit (a call of a builtin does).
+
+    ``Probe(pcs)`` takes the PCs that iterating pcs once gives (``tuple(pcs)``: its len() is
+    only a hint, and changes to pcs while they are converted do not reach the table).  They
+    are copied in at construction and never change.
     """
 
     cdef uint64_t *_pcs
     cdef Py_ssize_t _n
 
     def __cinit__(self, pcs):
-        cdef Py_ssize_t i, n = len(pcs)
-        self._pcs = <uint64_t *> malloc(<size_t>(n if n > 0 else 1) * 8)
+        # A snapshot first: a lying __len__ or an item whose __index__ mutates pcs cannot make
+        # the loop below index past the table or past the sequence.
+        cdef tuple items = tuple(pcs)
+        cdef Py_ssize_t i, n = len(items)
+        self._n = 0
+        if <size_t>n > SIZE_MAX / sizeof(uint64_t):  # a real tuple is never this long
+            raise MemoryError(f"kcovx: a probe table of {n} PCs does not fit in memory")
+        self._pcs = <uint64_t *> malloc(<size_t>(n if n > 0 else 1) * sizeof(uint64_t))
         if self._pcs == NULL:
             raise MemoryError("kcovx: no memory for a probe table")
-        self._n = 0
         for i in range(n):
-            self._pcs[i] = _u64(pcs[i])
+            self._pcs[i] = _u64(items[i])
         self._n = n
 
     def __dealloc__(self):
