@@ -133,6 +133,19 @@ def test_capsule_name_and_abi_version(consumers: SimpleNamespace) -> None:
     assert struct_size == consumers.cy.STRUCT_SIZE
 
 
+def test_abi_constants_are_the_headers(consumers: SimpleNamespace) -> None:
+    """kcovx.abi's values are what a C extension compiled against kcovx.h sees."""
+    c = consumers.c
+    assert (abi.KCOV_TRACE_PC, abi.KCOV_TRACE_CMP) == (c.TRACE_PC, c.TRACE_CMP)
+    assert (abi.KCOV_CMP_CONST, abi.KCOV_CMP_MASK) == (c.CMP_CONST, c.CMP_MASK)
+    assert abi.KCOV_CMP_SIZE(2) == c.CMP_SIZE_2
+    assert abi.KCOV_CMP_SIZE(3) | abi.KCOV_CMP_CONST == c.CMP_TYPE_MAX == _area.CMP_TYPE_MAX
+    assert abi.KCOV_WORDS_PER_CMP == c.WORDS_PER_CMP
+    modes = (c.MODE_DISABLED, c.MODE_INIT, c.MODE_TRACE_PC, c.MODE_TRACE_CMP)
+    assert tuple(abi.Mode) == modes
+    assert _area.MAX_WORDS == c.MAX_WORDS
+
+
 def _fake_api(abi_version: int, struct_size: int, slots_of: int) -> ctypes.Structure:
     """A kcovx_api_t-shaped struct: the two header words, then slots_of bytes of NULL slots."""
     slots = (slots_of - 8) // ctypes.sizeof(ctypes.c_void_p)

@@ -16,6 +16,17 @@
 
 #include "kcovx.h"
 
+/* kcovx.h's prefixed kcov constants are the kernel's, and both headers go in one file. */
+#if defined(__has_include)
+#if __has_include(<linux/kcov.h>)
+#include <linux/kcov.h>
+_Static_assert(KCOVX_TRACE_PC == KCOV_TRACE_PC && KCOVX_TRACE_CMP == KCOV_TRACE_CMP, "modes");
+_Static_assert(KCOVX_CMP_CONST == KCOV_CMP_CONST && KCOVX_CMP_MASK == KCOV_CMP_MASK, "bits");
+_Static_assert(KCOVX_CMP_SIZE(0) == KCOV_CMP_SIZE(0) && KCOVX_CMP_SIZE(3) == KCOV_CMP_SIZE(3),
+               "sizes");
+#endif
+#endif
+
 static const kcovx_api_t *api = NULL;
 
 /* "O&" converter: a Python int in [0, 2**64) to uint64_t; OverflowError/TypeError otherwise. */
@@ -169,15 +180,42 @@ static struct PyModuleDef moddef = {
     NULL, NULL, NULL, NULL,
 };
 
+/* kcovx.h's constants as this module saw them at compile time, for the test to compare with
+   what kcovx.abi re-exports. */
+static const struct {
+    const char *name;
+    long value;
+} constants[] = {
+    {"TRACE_PC", KCOVX_TRACE_PC},
+    {"TRACE_CMP", KCOVX_TRACE_CMP},
+    {"CMP_CONST", (long)KCOVX_CMP_CONST},
+    {"CMP_MASK", (long)KCOVX_CMP_MASK},
+    {"CMP_SIZE_2", (long)KCOVX_CMP_SIZE(2)},
+    {"CMP_TYPE_MAX", (long)KCOVX_CMP_TYPE_MAX},
+    {"WORDS_PER_CMP", (long)KCOVX_WORDS_PER_CMP},
+    {"MODE_DISABLED", KCOVX_MODE_DISABLED},
+    {"MODE_INIT", KCOVX_MODE_INIT},
+    {"MODE_TRACE_PC", KCOVX_MODE_TRACE_PC},
+    {"MODE_TRACE_CMP", KCOVX_MODE_TRACE_CMP},
+    {"MAX_WORDS", (long)KCOVX_MAX_WORDS},
+};
+
 PyMODINIT_FUNC PyInit_c_consumer(void)
 {
     PyObject *m;
+    size_t i;
 
     if ((api = kcovx_import_api()) == NULL)
         return NULL;
     m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;
+    for (i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {
+        if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
     if (PyModule_AddIntConstant(m, "ABI_VERSION", (long)KCOVX_ABI_VERSION) < 0 ||
         PyModule_AddStringConstant(m, "CAPSULE_NAME", KCOVX_CAPSULE_NAME) < 0 ||
         PyModule_AddIntConstant(m, "STRUCT_SIZE", (long)sizeof(kcovx_api_t)) < 0) {
