@@ -215,6 +215,8 @@ cdef class Area:
     ``Area(size)`` maps anonymous shared memory (inherited by ``os.fork`` children);
     ``Area(size, fd, path)`` maps ``size*8`` bytes of an open file, which must already be
     that long.  The mapping is released when the Area and every view of it are gone.
+    A size outside 1..MAX_WORDS is ValueError (OverflowError beyond uint64); a mapping the
+    kernel refuses is OSError with mmap's errno (ENOMEM when it is too large to map).
     Appending directly to an Area bypasses the device state machine: the caller is the
     area's one writer.
     """
