@@ -56,7 +56,6 @@ _PYX = r'''
 # cython: language_level=3
 # The timed loops of bench_c_append.py.  Generated into a temporary folder; never committed.
 cimport cython
-from cpython.pycapsule cimport PyCapsule_Import
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -64,10 +63,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport kcovx
 
-cdef const kcovx.kcovx_api_t *api = <const kcovx.kcovx_api_t *> PyCapsule_Import(
-    kcovx.KCOVX_CAPSULE_NAME, 0)
-if api.abi_version != kcovx.KCOVX_ABI_VERSION or api.struct_size < sizeof(kcovx.kcovx_api_t):
-    raise ImportError("kcovx C API: incompatible capsule")
+cdef const kcovx.kcovx_api_t *api = kcovx.import_api()  # checked: ImportError if incompatible
 
 cdef uint64_t *plain = NULL   # the baseline's array
 cdef uint64_t *pcs = NULL     # the bulk method's source

@@ -1,11 +1,25 @@
 """Stub of kcovx._area, the compiled core: what Python sees of it."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Final
 
 from typing_extensions import Buffer
 
+# kcovx.h's constants: KCOVX_X in C is X here (kcovx.abi re-exports them under kcov's names).
 ABI_VERSION: Final[int]
+CAPSULE_NAME: Final[str]
+TRACE_PC: Final[int]
+TRACE_CMP: Final[int]
+CMP_CONST: Final[int]
+CMP_SIZE_SHIFT: Final[int]
+CMP_MASK: Final[int]
+CMP_TYPE_MAX: Final[int]
+WORDS_PER_CMP: Final[int]
+MODE_DISABLED: Final[int]
+MODE_INIT: Final[int]
+MODE_TRACE_PC: Final[int]
+MODE_TRACE_CMP: Final[int]
+MAX_WORDS: Final[int]
 _C_API: object
 
 class Area:
@@ -36,7 +50,7 @@ def _clear_pending() -> None: ...
 def _pending_len() -> int: ...
 
 class Probe:
-    def __init__(self, pcs: Sequence[int], /) -> None: ...
+    def __init__(self, pcs: Iterable[int], /) -> None: ...
     def __getitem__(self, i: int, /) -> None: ...
     def __len__(self) -> int: ...
     @property

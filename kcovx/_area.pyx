@@ -2,7 +2,8 @@
 #
 # Owns: mapping lifetime (Area), the per-event entry points trace_pc/trace_cmp, bulk appends,
 # the gVisor-profile pending set (global "covered since the last consume"), the per-thread
-# recording target of the linux profile, and the C API capsule.
+# recording target of the linux profile (kcovx_tls.h), the C API capsule, and the Python names
+# of kcovx.h's constants (KCOVX_X is X here; kcovx.abi re-exports them).
 #
 # Invariants and threading contract:
 # - An Area's mapping is created in __cinit__ and unmapped only in __dealloc__, so any numpy
@@ -15,6 +16,8 @@
 #   in use.  Bulk copies into an area release the GIL when large.
 # - Per-event entry points take no locks, make no Python calls and allocate only when the
 #   pending set grows (amortised, and a failure is a MemoryError, never a crash).
+# - Every size computed here is bounded before use: areas by KCOVX_MAX_WORDS, Probe tables and
+#   the pending set by SIZE_MAX / 8, so no byte count wraps.
 
 cimport cython
 from cpython.buffer cimport (
@@ -25,13 +28,13 @@ from cpython.buffer cimport (
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
-from cpython.exc cimport PyErr_NoMemory, PyErr_SetString
+from cpython.exc cimport PyErr_SetString
 from cpython.long cimport PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport SIZE_MAX, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -41,15 +44,8 @@ import os as _os
 cdef extern from "<sys/mman.h>" nogil:
     int MAP_ANONYMOUS
 
-cdef extern from *:
-    """
-    /* The calling thread's recording target in the linux profile (NULL: none).  initial-exec
-       makes each access one %fs-relative load instead of a __tls_get_addr call; the 16 bytes
-       come from the static TLS surplus glibc keeps for dlopen'ed modules. */
-    #define KCOVX_TLS static __thread __attribute__((tls_model("initial-exec")))
-    KCOVX_TLS kcovx_area_t *kcovx_tls_pc_target = NULL;
-    KCOVX_TLS kcovx_area_t *kcovx_tls_cmp_target = NULL;
-    """
+cdef extern from "kcovx_tls.h":
+    # The calling thread's recording targets (linux profile); NULL: none.
     kcovx_area_t *kcovx_tls_pc_target
     kcovx_area_t *kcovx_tls_cmp_target
 
@@ -57,10 +53,6 @@ cdef char *_FORMAT_Q = b"Q"
 
 # Word that detached areas point at: appends on size 0 never touch it, loads read 0.
 cdef uint64_t _zero_word = 0
-
-# Largest area we map: the linux profile's limit is INT_MAX/8 words; anything below 2**60
-# words keeps byte counts from overflowing.
-cdef uint64_t _MAX_WORDS = (<uint64_t>1) << 56
 
 # Formats of an 8-byte unsigned buffer item on LP64 Linux.
 _U64_FORMATS = frozenset((b"Q", b"L", b"<Q", b"<L", b"=Q", b"=L", b"@Q", b"@L"))
@@ -119,10 +111,12 @@ cdef inline uint64_t _slot(uint64_t pc, uint32_t shift) noexcept nogil:
 
 cdef int _pending_grow() noexcept nogil:
     """Double the table, keeping the live PCs.  Returns -1 (table unchanged) on no memory."""
-    cdef uint64_t cap = 1024 if _pend.cap == 0 else _pend.cap * 2
+    cdef uint64_t cap, c, i, j, pc
     cdef uint32_t shift = 64
-    cdef uint64_t c = cap
-    cdef uint64_t i, j, pc
+    if _pend.cap > SIZE_MAX / sizeof(uint64_t) / 2:  # the doubled byte count would wrap
+        return -1
+    cap = 1024 if _pend.cap == 0 else _pend.cap * 2
+    c = cap
     while c > 1:
         c >>= 1
         shift -= 1
@@ -202,7 +196,7 @@ cdef int _get_u64_buffer(object obj, Py_buffer *view) except -1:
             f"got {type(obj).__name__}"
         ) from None
     fmt = view.format if view.format != NULL else b"B"
-    if view.itemsize != 8 or fmt not in _U64_FORMATS:
+    if view.itemsize != sizeof(uint64_t) or fmt not in _U64_FORMATS:
         PyBuffer_Release(view)
         raise TypeError(
             f"expected uint64 items, got buffer format {fmt.decode('ascii', 'replace')!r} with "
@@ -221,6 +215,8 @@ cdef class Area:
     ``Area(size)`` maps anonymous shared memory (inherited by ``os.fork`` children);
     ``Area(size, fd, path)`` maps ``size*8`` bytes of an open file, which must already be
     that long.  The mapping is released when the Area and every view of it are gone.
+    A size outside 1..MAX_WORDS is ValueError (OverflowError beyond uint64); a mapping the
+    kernel refuses is OSError with mmap's errno (ENOMEM when it is too large to map).
     Appending directly to an Area bypasses the device state machine: the caller is the
     area's one writer.
     """
@@ -235,9 +231,11 @@ cdef class Area:
         self.c.size = 0
         self.nbytes = 0
         self.path = path
-        if nwords < 1 or nwords > _MAX_WORDS:
-            raise ValueError(f"area size must be between 1 and {_MAX_WORDS} words, got {nwords}")
-        nbytes = <size_t>(nwords * 8)
+        if nwords < 1 or nwords > KCOVX_MAX_WORDS:
+            raise ValueError(
+                f"area size must be between 1 and {KCOVX_MAX_WORDS} words, got {nwords}"
+            )
+        nbytes = <size_t>(nwords * sizeof(uint64_t))  # < 2**59: KCOVX_MAX_WORDS bounds it
         if fd < 0:
             flags |= MAP_ANONYMOUS
             fd = -1
@@ -258,7 +256,7 @@ cdef class Area:
         self.c.size = nwords
         self.nbytes = nbytes
         self._shape[0] = <Py_ssize_t> nwords
-        self._strides[0] = 8
+        self._strides[0] = sizeof(uint64_t)
 
     def __dealloc__(self):
         if self.c.size:
@@ -271,7 +269,7 @@ cdef class Area:
         buf.obj = self
         buf.len = <Py_ssize_t> self.nbytes
         buf.readonly = 0
-        buf.itemsize = 8
+        buf.itemsize = sizeof(uint64_t)
         buf.format = _FORMAT_Q if (flags & PyBUF_FORMAT) else NULL
         buf.ndim = 1
         buf.shape = self._shape if (flags & PyBUF_ND) == PyBUF_ND else NULL
@@ -309,7 +307,7 @@ cdef class Area:
         cdef uint64_t n, done
         _get_u64_buffer(pcs, &view)
         try:
-            n = <uint64_t> (view.len // 8)
+            n = <uint64_t> (view.len // sizeof(uint64_t))
             if n >= _NOGIL_THRESHOLD:
                 with nogil:
                     done = kcovx_append_pcs(&self.c, <const uint64_t *> view.buf, n)
@@ -338,25 +336,17 @@ cdef class Area:
 # --------------------------------------------------------------------------------------------
 # Per-event entry points.
 
-cdef inline int _cmp_invalid(uint64_t type, uint64_t arg1, uint64_t arg2) noexcept nogil:
-    """0 if valid; 1 if type is not in 0..7; 2 if an operand is wider than the comparison."""
-    cdef uint64_t nbytes
-    if type > 7:
-        return 1
-    nbytes = (<uint64_t>1) << ((type & 6) >> 1)
-    if nbytes < 8 and ((arg1 | arg2) >> (8 * nbytes)) != 0:
-        return 2
-    return 0
-
-
 cdef int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
-    cdef int bad = _cmp_invalid(type, arg1, arg2)
-    if bad == 1:
+    """ValueError unless kcovx records this comparison (kcovx_cmp_check)."""
+    cdef int bad = kcovx_cmp_check(type, arg1, arg2)
+    cdef uint64_t nbytes
+    if bad == KCOVX_CMP_BAD_TYPE:
         raise ValueError(
-            f"comparison type must be in 0..7 (KCOV_CMP_SIZE(n) | KCOV_CMP_CONST), got {type}"
+            f"comparison type must be in 0..{KCOVX_CMP_TYPE_MAX} "
+            f"(KCOV_CMP_SIZE(n) | KCOV_CMP_CONST), got {type}"
         )
-    if bad == 2:
-        nbytes = 1 << ((type & 6) >> 1)
+    if bad == KCOVX_CMP_BAD_OPERAND:
+        nbytes = kcovx_cmp_nbytes(type)
         raise ValueError(
             f"operands of a {nbytes}-byte comparison must be below 2**{8 * nbytes}, "
             f"got {arg1} and {arg2}"
@@ -400,21 +390,29 @@ cdef class Probe:
     Instrumented code says ``probe[i]`` with a small constant i rather than calling
     trace_pc with the 64-bit PC: a small int converts in a few instructions, where a 64-bit
     one takes the multi-digit path, and a subscript is not a call, so on 3.11 it does not
-    count against the recursion limit (a call of a builtin does).  The PCs are copied in at
-    construction and never change.
+    count against the recursion limit (a call of a builtin does).
+
+    ``Probe(pcs)`` takes the PCs that iterating pcs once gives (``tuple(pcs)``: its len() is
+    only a hint, and changes to pcs while they are converted do not reach the table).  They
+    are copied in at construction and never change.
     """
 
     cdef uint64_t *_pcs
     cdef Py_ssize_t _n
 
     def __cinit__(self, pcs):
-        cdef Py_ssize_t i, n = len(pcs)
-        self._pcs = <uint64_t *> malloc(<size_t>(n if n > 0 else 1) * 8)
+        # A snapshot first: a lying __len__ or an item whose __index__ mutates pcs cannot make
+        # the loop below index past the table or past the sequence.
+        cdef tuple items = tuple(pcs)
+        cdef Py_ssize_t i, n = len(items)
+        self._n = 0
+        if <size_t>n > SIZE_MAX / sizeof(uint64_t):  # a real tuple is never this long
+            raise MemoryError(f"kcovx: a probe table of {n} PCs does not fit in memory")
+        self._pcs = <uint64_t *> malloc(<size_t>(n if n > 0 else 1) * sizeof(uint64_t))
         if self._pcs == NULL:
             raise MemoryError("kcovx: no memory for a probe table")
-        self._n = 0
         for i in range(n):
-            self._pcs[i] = _u64(pcs[i])
+            self._pcs[i] = _u64(items[i])
         self._n = n
 
     def __dealloc__(self):
@@ -454,7 +452,7 @@ def trace_pcs(pcs):
     cdef kcovx_area_t *t = kcovx_tls_pc_target
     _get_u64_buffer(pcs, &view)
     try:
-        n = <uint64_t> (view.len // 8)
+        n = <uint64_t> (view.len // sizeof(uint64_t))
         p = <const uint64_t *> view.buf
         if t != NULL:
             if n >= _NOGIL_THRESHOLD:
@@ -485,15 +483,16 @@ def trace_cmp(object type, object arg1, object arg2, object pc):
 # Hooks for the Python layer (private).
 
 def _set_thread_target(Area area, int mode):
-    """Set (mode 2: TRACE_PC, 3: TRACE_CMP) or clear (area None) the calling thread's target."""
+    """Set (mode MODE_TRACE_PC or MODE_TRACE_CMP) or clear (area None) the calling thread's
+    recording target."""
     global kcovx_tls_pc_target, kcovx_tls_cmp_target
     kcovx_tls_pc_target = NULL
     kcovx_tls_cmp_target = NULL
     if area is None:
         return
-    if mode == 2:
+    if mode == KCOVX_MODE_TRACE_PC:
         kcovx_tls_pc_target = &area.c
-    elif mode == 3:
+    elif mode == KCOVX_MODE_TRACE_CMP:
         kcovx_tls_cmp_target = &area.c
     else:
         raise ValueError(f"bad target mode {mode}")
@@ -528,23 +527,20 @@ cdef int _api_append_cmp(kcovx_area_t *a, uint64_t type, uint64_t arg1, uint64_t
                          uint64_t pc) noexcept nogil:
     return kcovx_append_cmp(a, type, arg1, arg2, pc)
 
-cdef int _api_trace_pc(uint64_t pc) noexcept:
-    # Called with the GIL held (the C API's contract): the GIL guards the pending set.
+# The C API's trace_pc/trace_cmp are called with the GIL held (the GIL guards the pending set)
+# and return 0, or -1 with the exception set: exactly the C convention of an `except -1`
+# function, so they raise what kcovx.trace_pc/trace_cmp raise and are stored in the struct's
+# `noexcept` slots with a cast (the C signatures are the same).
+ctypedef int (*_trace_pc_slot)(uint64_t) noexcept
+ctypedef int (*_trace_cmp_slot)(uint64_t, uint64_t, uint64_t, uint64_t) noexcept
+
+cdef int _api_trace_pc(uint64_t pc) except -1:
     if _record_pc(pc) < 0:
-        PyErr_NoMemory()
-        return -1
+        raise MemoryError("kcovx: no memory to record a PC")
     return 0
 
-cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) noexcept:
-    # Called with the GIL held; validates exactly as kcovx.trace_cmp does.
-    cdef int bad = _cmp_invalid(type, arg1, arg2)
-    if bad:
-        PyErr_SetString(
-            ValueError,
-            b"comparison type must be in 0..7" if bad == 1
-            else b"comparison operand wider than the comparison's size",
-        )
-        return -1
+cdef int _api_trace_cmp(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc) except -1:
+    _check_cmp(type, arg1, arg2)
     _record_cmp(type, arg1, arg2, pc)
     return 0
 
@@ -560,9 +556,28 @@ _api.struct_size = sizeof(kcovx_api_t)
 _api.append_pc = _api_append_pc
 _api.append_pcs = _api_append_pcs
 _api.append_cmp = _api_append_cmp
-_api.trace_pc = _api_trace_pc
-_api.trace_cmp = _api_trace_cmp
+_api.trace_pc = <_trace_pc_slot> _api_trace_pc
+_api.trace_cmp = <_trace_cmp_slot> _api_trace_cmp
 _api.area_of = _api_area_of
 
 _C_API = PyCapsule_New(<void *> &_api, KCOVX_CAPSULE_NAME, NULL)
+
+
+# --------------------------------------------------------------------------------------------
+# kcovx.h's constants for Python: KCOVX_X is X here.  kcovx.abi re-exports them under kcov's
+# names; nothing in Python spells their values.
+
 ABI_VERSION = KCOVX_ABI_VERSION
+CAPSULE_NAME = KCOVX_CAPSULE_NAME.decode("ascii")
+TRACE_PC = KCOVX_TRACE_PC
+TRACE_CMP = KCOVX_TRACE_CMP
+CMP_CONST = KCOVX_CMP_CONST
+CMP_SIZE_SHIFT = KCOVX_CMP_SIZE_SHIFT
+CMP_MASK = KCOVX_CMP_MASK
+CMP_TYPE_MAX = KCOVX_CMP_TYPE_MAX
+WORDS_PER_CMP = KCOVX_WORDS_PER_CMP
+MODE_DISABLED = KCOVX_MODE_DISABLED
+MODE_INIT = KCOVX_MODE_INIT
+MODE_TRACE_PC = KCOVX_MODE_TRACE_PC
+MODE_TRACE_CMP = KCOVX_MODE_TRACE_CMP
+MAX_WORDS = KCOVX_MAX_WORDS

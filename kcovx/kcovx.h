@@ -1,14 +1,18 @@
 /*
- * kcovx.h: the one definition of the kcovx area layout and of the appends into it.
+ * kcovx.h: the one definition of the kcovx ABI: the area layout, the constants both sides of
+ * the C/Python boundary use (kcov's trace modes and comparison type bits, the device modes, the
+ * size limit), the appends into an area, and the C API with its import helper.  Python reads
+ * every constant from here through kcovx._area (KCOVX_X is kcovx._area.X) and kcovx.abi
+ * re-exports them; nothing else spells their values.
  *
- * Layout (the kcov ABI).  An area is `size` little-endian uint64 words.  Word 0 is the
- * count; the entries follow it.  In PC mode an entry is one word (capacity size-1); in
- * CMP mode an entry is a record of four words {type, arg1, arg2, pc} (capacity
- * floor((size-1)/4)).  When an entry does not fit it is dropped and the count is left
- * alone: that is clipping.  Nothing else reports an overflow.
+ * Layout (the kcov ABI).  An area is `size` little-endian uint64 words, 1 <= size <=
+ * KCOVX_MAX_WORDS.  Word 0 is the count; the entries follow it.  In PC mode an entry is one
+ * word (capacity size-1); in CMP mode an entry is a record of KCOVX_WORDS_PER_CMP words
+ * {type, arg1, arg2, pc} (capacity floor((size-1)/4)).  When an entry does not fit it is
+ * dropped and the count is left alone: that is clipping.  Nothing else reports an overflow.
  *
- * Memory order.  An area has ONE writer at a time (the thread that owns it; the Python
- * layer enforces that for devices, and callers of the C API promise it).  Readers may be
+ * Ownership and memory order.  An area has ONE writer at a time (the thread that owns it; the
+ * Python layer enforces that for devices, and callers of the C API promise it).  Readers may be
  * anywhere: other threads, other processes mapping the same file.  Every append
  *   1. reads the count from word 0 with a relaxed atomic load, because user code may have
  *      reset it or written any value there, and that value is honoured;
@@ -16,11 +20,14 @@
  *   3. publishes the new count with a release store.
  * A reader that loads word 0 with acquire (on x86-64 any load) therefore never sees a count
  * that covers a word not yet written.  Counts use wrapping uint64 arithmetic, as the kernels
- * do; where the kernels' arithmetic would write outside the area, nothing is written.
+ * do; where the kernels' arithmetic would write outside the area, nothing is written.  The
+ * memory belongs to the kcovx._area.Area that mapped it: an area pointer is valid while that
+ * object is alive.
  *
- * Threading.  These functions take no locks, make no Python calls, never allocate, and are
- * safe without the GIL.  A detached area has size 0 and `words` pointing at a private zero
- * word, so every append on it is a no-op and never dereferences NULL.
+ * Threading.  The appends take no locks, make no Python calls, never allocate, and are safe
+ * without the GIL.  A detached area has size 0 and `words` pointing at a private zero word, so
+ * every append on it is a no-op and never dereferences NULL.  kcovx_import_api and the C API's
+ * trace_pc/trace_cmp/area_of need the GIL.
  */
 #ifndef KCOVX_H
 #define KCOVX_H
@@ -32,15 +39,43 @@
 extern "C" {
 #endif
 
+/* The C API: the capsule's name, and the version of kcovx_api_t and of the area layout. */
 #define KCOVX_ABI_VERSION 1u
 #define KCOVX_CAPSULE_NAME "kcovx._area._C_API"
 
-/* kcov's entry sizes, in words */
-#define KCOVX_WORDS_PER_CMP 4u
+/*
+ * kcov's constants (<linux/kcov.h>), prefixed KCOVX_ so that this header and <linux/kcov.h>
+ * can be included together.  Trace modes, the argument of KCOV_ENABLE:
+ */
+#define KCOVX_TRACE_PC 0
+#define KCOVX_TRACE_CMP 1
+
+/* The type word of a CMP record: KCOVX_CMP_SIZE(n) for a 2**n-byte comparison (n in 0..3),
+   or'ed with KCOVX_CMP_CONST when one operand is a compile-time constant. */
+#define KCOVX_CMP_CONST 1u
+#define KCOVX_CMP_SIZE_SHIFT 1
+#define KCOVX_CMP_SIZE(n) ((uint64_t)(n) << KCOVX_CMP_SIZE_SHIFT)
+#define KCOVX_CMP_MASK KCOVX_CMP_SIZE(3)
+#define KCOVX_CMP_TYPE_MAX (KCOVX_CMP_MASK | KCOVX_CMP_CONST) /* larger types are refused */
+#define KCOVX_WORDS_PER_CMP 4u                                /* {type, arg1, arg2, pc} */
+
+/* A device's mode (the kernels' KCOV_MODE_*, kcovx.Mode).  The per-thread recording targets
+   (kcovx_tls.h) exist for the two tracing modes. */
+#define KCOVX_MODE_DISABLED 0
+#define KCOVX_MODE_INIT 1
+#define KCOVX_MODE_TRACE_PC 2
+#define KCOVX_MODE_TRACE_CMP 3
+
+/*
+ * The largest area, in words (far above both kernels' limits).  Byte offsets into an area stay
+ * below 2**59, so no size computed on an area wraps, in uint64 or in a signed Py_ssize_t; a
+ * kcovx_area_t built by hand must respect it too.
+ */
+#define KCOVX_MAX_WORDS ((uint64_t)1 << 56)
 
 typedef struct kcovx_area {
     uint64_t *words; /* words[0] is the count; never NULL */
-    uint64_t size;   /* in words; 0 when detached */
+    uint64_t size;   /* in words, <= KCOVX_MAX_WORDS; 0 when detached */
 } kcovx_area_t;
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -108,8 +143,32 @@ static inline uint64_t kcovx_append_pcs(kcovx_area_t *a, const uint64_t *pcs, ui
     return done;
 }
 
+/* Bytes compared by a record of this type: 2**n for KCOVX_CMP_SIZE(n). */
+KCOVX_INLINE uint64_t kcovx_cmp_nbytes(uint64_t type)
+{
+    return (uint64_t)1 << ((type & KCOVX_CMP_MASK) >> KCOVX_CMP_SIZE_SHIFT);
+}
+
+/* What kcovx_cmp_check says about a comparison. */
+#define KCOVX_CMP_OK 0
+#define KCOVX_CMP_BAD_TYPE 1    /* type above KCOVX_CMP_TYPE_MAX */
+#define KCOVX_CMP_BAD_OPERAND 2 /* an operand does not fit in kcovx_cmp_nbytes(type) bytes */
+
+/* Whether kcovx records this comparison (trace_cmp refuses the others with ValueError). */
+KCOVX_INLINE int kcovx_cmp_check(uint64_t type, uint64_t arg1, uint64_t arg2)
+{
+    uint64_t nbytes;
+    if (type > KCOVX_CMP_TYPE_MAX)
+        return KCOVX_CMP_BAD_TYPE;
+    nbytes = kcovx_cmp_nbytes(type);
+    if (nbytes < sizeof(uint64_t) && ((arg1 | arg2) >> (8 * nbytes)) != 0)
+        return KCOVX_CMP_BAD_OPERAND;
+    return KCOVX_CMP_OK;
+}
+
 /*
  * Linux write_comp_data: a record of four words goes at 1 + 4*count, only if all four fit.
+ * The type is stored as given (kcovx_cmp_check is the caller's business, as in the kernel).
  * Returns 1 if stored, 0 if clipped.  Where Linux's wrapping bound check would pass with the
  * record outside the area (a user-written count near 2^62), nothing is written.
  */
@@ -153,15 +212,15 @@ static inline uint64_t kcovx_append_batch_gvisor(kcovx_area_t *a, const uint64_t
 }
 
 /*
- * The C API, published by kcovx._area as the capsule KCOVX_CAPSULE_NAME.  Check
- * abi_version == KCOVX_ABI_VERSION and struct_size >= the size you use before calling.
+ * The C API, published by kcovx._area as the capsule KCOVX_CAPSULE_NAME.  Get it with
+ * kcovx_import_api() (below), which checks abi_version and struct_size.
  *
  *   append_pc/append_pcs/append_cmp: the functions above, on an area you own.  No GIL needed.
  *   trace_pc/trace_cmp: what kcovx.trace_pc/trace_cmp do (the calling thread's device in the
  *       linux profile, the global pending set in the gvisor profile), with the same checks.
  *       Call with the GIL held (it guards the pending set).  Return 0, or -1 with an exception
- *       set: MemoryError (trace_pc), ValueError for a type above 7 or an operand wider than the
- *       comparison's size (trace_cmp).
+ *       set: MemoryError (trace_pc), ValueError for a type above KCOVX_CMP_TYPE_MAX or an
+ *       operand wider than the comparison's size (trace_cmp), with kcovx.trace_cmp's message.
  *   area_of: the area behind a kcovx._area.Area object; NULL with TypeError set otherwise.
  *       Needs the GIL.  The pointer is valid while the object is alive.
  */
@@ -181,6 +240,51 @@ typedef struct kcovx_api {
     int (*trace_cmp)(uint64_t type, uint64_t arg1, uint64_t arg2, uint64_t pc);
     kcovx_area_t *(*area_of)(kcovx_pyobject_t *obj);
 } kcovx_api_t;
+
+#ifdef Py_PYTHON_H
+/*
+ * The C API of the kcovx found at run time, checked against this header (what import_array is
+ * to numpy, PyDateTime_IMPORT to datetime).  Imports kcovx._area and its capsule; returns the
+ * API, or NULL with an exception set:
+ *   ImportError      kcovx cannot be imported, or its abi_version differs from this header's,
+ *                    or its struct_size is smaller than this header's kcovx_api_t (the message
+ *                    says which, and that the extension must be rebuilt against the installed
+ *                    kcovx);
+ *   AttributeError   kcovx._area has no _C_API (PyCapsule_Import's error);
+ *   ValueError       _C_API is not a capsule named KCOVX_CAPSULE_NAME (PyCapsule_Import's).
+ * Call it with the GIL held, once, at module init: the result stays valid for the life of the
+ * interpreter (it points into kcovx._area, which is never unloaded).  Defined only when
+ * <Python.h> was included before this header.  Cython: `kcovx.import_api()` (kcovx/_area.pxd).
+ */
+static inline const kcovx_api_t *kcovx_import_api(void)
+{
+    const kcovx_api_t *api;
+    PyObject *core = PyImport_ImportModule("kcovx._area");
+    if (core == NULL)
+        return NULL;
+    Py_DECREF(core);
+    api = (const kcovx_api_t *)PyCapsule_Import(KCOVX_CAPSULE_NAME, 0);
+    if (api == NULL)
+        return NULL;
+    if (api->abi_version != KCOVX_ABI_VERSION) {
+        PyErr_Format(PyExc_ImportError,
+                     "kcovx C API: the installed kcovx has ABI version %u, this extension was "
+                     "built against version %u: rebuild it against the installed kcovx "
+                     "(include_dirs=[kcovx.get_include()])",
+                     (unsigned)api->abi_version, (unsigned)KCOVX_ABI_VERSION);
+        return NULL;
+    }
+    if (api->struct_size < sizeof(kcovx_api_t)) {
+        PyErr_Format(PyExc_ImportError,
+                     "kcovx C API: the installed kcovx's API struct is %u bytes, this extension "
+                     "was built for %u: rebuild it against the installed kcovx "
+                     "(include_dirs=[kcovx.get_include()])",
+                     (unsigned)api->struct_size, (unsigned)sizeof(kcovx_api_t));
+        return NULL;
+    }
+    return api;
+}
+#endif /* Py_PYTHON_H */
 
 #ifdef __cplusplus
 }

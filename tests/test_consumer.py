@@ -5,7 +5,9 @@ that uses the capsule ``kcovx._area._C_API``) once per session into a temporary 
 the kcovx this interpreter imports (source tree with the in-place build on PYTHONPATH, or an
 installed wheel), and asserting the effects each surface promises: appends land in the area,
 clipping, whole-or-nothing comparison records, trace_pc/trace_cmp going where kcovx.trace_pc
-goes, area_of refusing non-Areas, the capsule's name and ABI version.
+goes, area_of refusing non-Areas, the capsule's name and ABI version, and kcovx.h's import
+helper (kcovx_import_api / kcovx.import_api) refusing an incompatible kcovx with ImportError,
+whether the capsule is the odd one out or the consumer was built against another kcovx.h.
 
 Invariants: nothing is written into the source tree (the sources are copied to the scratch
 folder first); every device a test enables is disabled by the same thread before it is closed,
@@ -30,7 +32,7 @@ import pytest
 from _kcovx_support import Devices, in_thread
 
 import kcovx
-from kcovx import _area
+from kcovx import _area, abi
 
 CONSUMER_DIR = Path(__file__).resolve().parent / "consumer"
 CONSUMER_FILES = ("setup.py", "cy_consumer.pyx", "c_consumer.c")
@@ -38,6 +40,8 @@ BUILD_TIMEOUT = 300  # seconds, for Cython + two C compiles
 CAPSULE_NAME = "kcovx._area._C_API"
 CMP8 = kcovx.KCOV_CMP_SIZE(3)
 CAPSULE_AREA_TYPE = "kcovx._area.Area"  # what area_of says it expected
+# The folder holding the kcovx this interpreter imports: consumers build against it.
+KCOVX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(kcovx.__file__)))
 
 
 def _load(name: str, folder: Path) -> ModuleType:
@@ -53,16 +57,13 @@ def _load(name: str, folder: Path) -> ModuleType:
     raise FileNotFoundError(f"no built {name} in {folder}: {sorted(os.listdir(folder))}")
 
 
-@pytest.fixture(scope="session")
-def consumers(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Build both consumers in a subprocess and import them: .cy (cimport), .c (capsule)."""
-    root = tmp_path_factory.mktemp("kcovx_consumers")
+def _build(root: Path, kcovx_root: str = KCOVX_ROOT) -> Path:
+    """Build both consumers into root/lib in a subprocess, against the kcovx package found in
+    the folder kcovx_root (its kcovx.h and .pxd files)."""
     src, lib, tmp = root / "src", root / "lib", root / "tmp"
     src.mkdir()
     for name in CONSUMER_FILES:
         shutil.copy2(CONSUMER_DIR / name, src / name)
-    # The subprocess must import the same kcovx as this one (for kcovx.h and the .pxd files).
-    kcovx_root = os.path.dirname(os.path.dirname(os.path.abspath(kcovx.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (kcovx_root, env.get("PYTHONPATH")) if p)
     cmd = [
@@ -91,6 +92,13 @@ def consumers(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
             f"building the consumers failed (exit {proc.returncode}):\n"
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
         )
+    return lib
+
+
+@pytest.fixture(scope="session")
+def consumers(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Build both consumers in a subprocess and import them: .cy (cimport), .c (capsule)."""
+    lib = _build(tmp_path_factory.mktemp("kcovx_consumers"))
     return SimpleNamespace(
         cy=_load("cy_consumer", lib),
         c=_load("c_consumer", lib),
@@ -117,15 +125,34 @@ def test_capsule_name_and_abi_version(consumers: SimpleNamespace) -> None:
     )
     assert get_name(_area._C_API) == CAPSULE_NAME.encode()
     assert consumers.c.CAPSULE_NAME == consumers.cy.CAPSULE_NAME == CAPSULE_NAME
+    assert abi.CAPSULE_NAME == _area.CAPSULE_NAME == CAPSULE_NAME
     abi_version, struct_size = consumers.c.api_info()
     assert abi_version == kcovx.ABI_VERSION == consumers.c.ABI_VERSION == consumers.cy.ABI_VERSION
     assert struct_size == consumers.c.STRUCT_SIZE  # same header on both sides
+    assert consumers.cy.api_info() == (abi_version, struct_size)  # kcovx.import_api()
+    assert struct_size == consumers.cy.STRUCT_SIZE
 
 
-class _FakeApi(ctypes.Structure):
-    _fields_ = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32)] + [
-        (f"fn{i}", ctypes.c_void_p) for i in range(6)
-    ]
+def test_abi_constants_are_the_headers(consumers: SimpleNamespace) -> None:
+    """kcovx.abi's values are what a C extension compiled against kcovx.h sees."""
+    c = consumers.c
+    assert (abi.KCOV_TRACE_PC, abi.KCOV_TRACE_CMP) == (c.TRACE_PC, c.TRACE_CMP)
+    assert (abi.KCOV_CMP_CONST, abi.KCOV_CMP_MASK) == (c.CMP_CONST, c.CMP_MASK)
+    assert abi.KCOV_CMP_SIZE(2) == c.CMP_SIZE_2
+    assert abi.KCOV_CMP_SIZE(3) | abi.KCOV_CMP_CONST == c.CMP_TYPE_MAX == _area.CMP_TYPE_MAX
+    assert abi.KCOV_WORDS_PER_CMP == c.WORDS_PER_CMP
+    modes = (c.MODE_DISABLED, c.MODE_INIT, c.MODE_TRACE_PC, c.MODE_TRACE_CMP)
+    assert tuple(abi.Mode) == modes
+    assert _area.MAX_WORDS == c.MAX_WORDS
+
+
+def _fake_api(abi_version: int, struct_size: int, slots_of: int) -> ctypes.Structure:
+    """A kcovx_api_t-shaped struct: the two header words, then slots_of bytes of NULL slots."""
+    slots = (slots_of - 8) // ctypes.sizeof(ctypes.c_void_p)
+    fields = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32)]
+    fields += [(f"fn{i}", ctypes.c_void_p) for i in range(slots)]
+    fake_api = type("FakeApi", (ctypes.Structure,), {"_fields_": fields})
+    return fake_api(abi_version, struct_size)
 
 
 # (abi_version delta, struct_size delta, capsule name, the error the import must raise)
@@ -136,24 +163,85 @@ _INCOMPATIBLE = {
 }
 
 
+def _copy_built(consumers: SimpleNamespace, module: str, folder: Path) -> Path:
+    """A copy of a built consumer at another path, so its module init runs again."""
+    folder.mkdir()
+    for so in consumers.lib.glob(f"{module}.*"):
+        shutil.copy2(so, folder / so.name)
+    return folder
+
+
+@pytest.mark.parametrize("module", ["c_consumer", "cy_consumer"])
 @pytest.mark.parametrize("case", list(_INCOMPATIBLE))
-def test_c_consumer_refuses_an_incompatible_capsule(
-    consumers: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+def test_consumer_refuses_an_incompatible_capsule(
+    consumers: SimpleNamespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    module: str,
 ) -> None:
     abi_delta, size_delta, name, error = _INCOMPATIBLE[case]
-    fake = _FakeApi(kcovx.ABI_VERSION + abi_delta, consumers.c.STRUCT_SIZE + size_delta)
+    size = consumers.c.STRUCT_SIZE
+    fake = _fake_api(kcovx.ABI_VERSION + abi_delta, size + size_delta, size)
     c_name = ctypes.create_string_buffer(name.encode())
     capsule_new = ctypes.PYFUNCTYPE(
         ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p
     )(("PyCapsule_New", ctypes.pythonapi))
     monkeypatch.setattr(_area, "_C_API", capsule_new(ctypes.addressof(fake), c_name, None))
-    # A copy at another path, so the interpreter runs its init again (its own `api` global).
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for so in consumers.lib.glob("c_consumer.*"):
-        shutil.copy2(so, copy / so.name)
-    with pytest.raises(error, match=r"kcovx|PyCapsule"):
-        _load("c_consumer", copy)
+    copy = _copy_built(consumers, module, tmp_path / "copy")
+    with pytest.raises(error, match=r"kcovx|PyCapsule") as info:
+        _load(module, copy)
+    if error is ImportError:
+        assert "rebuild it against the installed kcovx" in str(info.value)
+
+
+# A consumer built against another kcovx.h than the kcovx it then imports: (pattern in kcovx.h,
+# its replacement, what the ImportError must say).  The build itself succeeds; the import helper
+# is what refuses.
+_OTHER_HEADERS = {
+    "newer ABI version": (
+        r"#define KCOVX_ABI_VERSION (\d+)u",
+        lambda m: f"#define KCOVX_ABI_VERSION {int(m[1]) + 1}u",
+        r"has ABI version \d+, this extension was built against version \d+",
+    ),
+    "larger API struct": (
+        r"(kcovx_area_t \*\(\*area_of\)\(kcovx_pyobject_t \*obj\);)",
+        lambda m: m[1] + "\n    void (*slot_from_the_future)(void);",
+        r"API struct is \d+ bytes, this extension was built for \d+",
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def consumers_of_other_headers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """Both consumers built against a copy of this kcovx whose kcovx.h is doctored as each case
+    of _OTHER_HEADERS says (a whole package copy: Cython puts the folder of the .pxd files it
+    cimports first on the include path): case -> lib."""
+    here = Path(kcovx.__file__).resolve().parent
+    header = (here / "kcovx.h").read_text(encoding="utf-8")
+    libs = {}
+    for case, (pattern, replace, _) in _OTHER_HEADERS.items():
+        root = tmp_path_factory.mktemp("kcovx_other_header")
+        doctored, n = re.subn(pattern, replace, header)
+        assert n == 1, f"{case}: kcovx.h no longer matches {pattern!r}"
+        copy = root / "pkg" / "kcovx"
+        shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+        (copy / "kcovx.h").write_text(doctored, encoding="utf-8")
+        libs[case] = _build(root, str(root / "pkg"))
+        assert (libs[case] / "built_against.txt").read_text(encoding="utf-8") == str(copy)
+    return libs
+
+
+@pytest.mark.parametrize("module", ["c_consumer", "cy_consumer"])
+@pytest.mark.parametrize("case", list(_OTHER_HEADERS))
+def test_consumer_built_against_another_abi_gets_import_error(
+    consumers_of_other_headers: dict[str, Path], case: str, module: str
+) -> None:
+    message = _OTHER_HEADERS[case][2] + r": rebuild it against the installed kcovx"
+    with pytest.raises(ImportError, match=message):
+        _load(module, consumers_of_other_headers[case])
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,8 +326,9 @@ def test_capsule_appends_land_in_the_linux_device_area(
     assert c.append_pc(area, 0x10) is True
     assert cy.append_range(area, 0x20, 2) == 2  # both surfaces on one area, in order
     assert c.append_pcs(area, [0x30, 0x31, 0x32]) == 3
-    assert c.load_count(area) == 6
-    assert cover[:7].tolist() == [6, 0x10, 0x20, 0x21, 0x30, 0x31, 0x32]
+    assert cy.capsule_append_pc(area, 0x40) is True  # the capsule from Cython (import_api)
+    assert c.load_count(area) == 7
+    assert cover[:8].tolist() == [7, 0x10, 0x20, 0x21, 0x30, 0x31, 0x32, 0x40]
 
 
 def test_capsule_clips_at_size_minus_one(consumers: SimpleNamespace) -> None:

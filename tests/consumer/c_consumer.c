@@ -1,11 +1,12 @@
 /*
  * tests/consumer/c_consumer.c: a real consumer of kcovx's capsule C API, in plain C.
  *
- * Owns nothing of kcovx: it does what a third-party C extension would do.  At import it
- * imports kcovx._area, fetches the capsule KCOVX_CAPSULE_NAME and refuses (ImportError) an
- * abi_version other than KCOVX_ABI_VERSION or a struct smaller than the kcovx_api_t it was
- * compiled against.  Each function then calls one slot of the API.  Built at test time by
- * tests/test_consumer.py with include_dirs=[kcovx.get_include()]; never committed built.
+ * Owns nothing of kcovx: it does what a third-party C extension would do.  At import it calls
+ * kcovx.h's kcovx_import_api(), which refuses (ImportError) an abi_version other than the
+ * KCOVX_ABI_VERSION it was compiled against or a struct smaller than its kcovx_api_t.  Each
+ * function then calls one slot of the API.  Built at test time by tests/test_consumer.py with
+ * include_dirs=[kcovx.get_include()] (or a doctored copy of kcovx.h, to show the refusal);
+ * never committed built.
  *
  * Threading: every function here runs with the GIL held (trace_pc/trace_cmp/area_of need it);
  * the append functions are on areas whose one writer is the calling thread.
@@ -14,6 +15,17 @@
 #include <Python.h>
 
 #include "kcovx.h"
+
+/* kcovx.h's prefixed kcov constants are the kernel's, and both headers go in one file. */
+#if defined(__has_include)
+#if __has_include(<linux/kcov.h>)
+#include <linux/kcov.h>
+_Static_assert(KCOVX_TRACE_PC == KCOV_TRACE_PC && KCOVX_TRACE_CMP == KCOV_TRACE_CMP, "modes");
+_Static_assert(KCOVX_CMP_CONST == KCOV_CMP_CONST && KCOVX_CMP_MASK == KCOV_CMP_MASK, "bits");
+_Static_assert(KCOVX_CMP_SIZE(0) == KCOV_CMP_SIZE(0) && KCOVX_CMP_SIZE(3) == KCOV_CMP_SIZE(3),
+               "sizes");
+#endif
+#endif
 
 static const kcovx_api_t *api = NULL;
 
@@ -168,33 +180,42 @@ static struct PyModuleDef moddef = {
     NULL, NULL, NULL, NULL,
 };
 
+/* kcovx.h's constants as this module saw them at compile time, for the test to compare with
+   what kcovx.abi re-exports. */
+static const struct {
+    const char *name;
+    long value;
+} constants[] = {
+    {"TRACE_PC", KCOVX_TRACE_PC},
+    {"TRACE_CMP", KCOVX_TRACE_CMP},
+    {"CMP_CONST", (long)KCOVX_CMP_CONST},
+    {"CMP_MASK", (long)KCOVX_CMP_MASK},
+    {"CMP_SIZE_2", (long)KCOVX_CMP_SIZE(2)},
+    {"CMP_TYPE_MAX", (long)KCOVX_CMP_TYPE_MAX},
+    {"WORDS_PER_CMP", (long)KCOVX_WORDS_PER_CMP},
+    {"MODE_DISABLED", KCOVX_MODE_DISABLED},
+    {"MODE_INIT", KCOVX_MODE_INIT},
+    {"MODE_TRACE_PC", KCOVX_MODE_TRACE_PC},
+    {"MODE_TRACE_CMP", KCOVX_MODE_TRACE_CMP},
+    {"MAX_WORDS", (long)KCOVX_MAX_WORDS},
+};
+
 PyMODINIT_FUNC PyInit_c_consumer(void)
 {
-    PyObject *m, *core;
-    const kcovx_api_t *p;
+    PyObject *m;
+    size_t i;
 
-    core = PyImport_ImportModule("kcovx._area");
-    if (core == NULL)
+    if ((api = kcovx_import_api()) == NULL)
         return NULL;
-    Py_DECREF(core);
-    p = (const kcovx_api_t *)PyCapsule_Import(KCOVX_CAPSULE_NAME, 0);
-    if (p == NULL)
-        return NULL;
-    if (p->abi_version != KCOVX_ABI_VERSION) {
-        PyErr_Format(PyExc_ImportError, "kcovx C API: abi_version %u, this module needs %u",
-                     (unsigned)p->abi_version, (unsigned)KCOVX_ABI_VERSION);
-        return NULL;
-    }
-    if (p->struct_size < sizeof(kcovx_api_t)) {
-        PyErr_Format(PyExc_ImportError, "kcovx C API: struct_size %u, this module needs %zu",
-                     (unsigned)p->struct_size, sizeof(kcovx_api_t));
-        return NULL;
-    }
-    api = p;
-
     m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;
+    for (i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {
+        if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
     if (PyModule_AddIntConstant(m, "ABI_VERSION", (long)KCOVX_ABI_VERSION) < 0 ||
         PyModule_AddStringConstant(m, "CAPSULE_NAME", KCOVX_CAPSULE_NAME) < 0 ||
         PyModule_AddIntConstant(m, "STRUCT_SIZE", (long)sizeof(kcovx_api_t)) < 0) {

@@ -3,8 +3,9 @@
 #
 # Owns nothing of kcovx: it only does what a third-party extension would do with
 # `cimport kcovx` and include_dirs=[kcovx.get_include()]: reach an Area's kcovx_area_t
-# (`area.c`) and call the inline appends of kcovx.h on it, in nogil loops.  Built at test time
-# by tests/test_consumer.py; its generated .c and .so are never committed.
+# (`area.c`) and call the inline appends of kcovx.h on it, in nogil loops, and take the checked
+# capsule API with kcovx.import_api() at import (an incompatible kcovx is an ImportError here).
+# Built at test time by tests/test_consumer.py; its generated .c and .so are never committed.
 # Threading: the caller is the one writer of the area it passes (see kcovx.h); every function
 # here runs its appends with the GIL released.
 
@@ -13,8 +14,11 @@ from libc.stdint cimport uint64_t
 
 cimport kcovx
 
+cdef const kcovx.kcovx_api_t *api = kcovx.import_api()
+
 ABI_VERSION = kcovx.KCOVX_ABI_VERSION
 CAPSULE_NAME = kcovx.KCOVX_CAPSULE_NAME.decode("ascii")
+STRUCT_SIZE = sizeof(kcovx.kcovx_api_t)
 
 
 @cython.boundscheck(False)
@@ -59,7 +63,8 @@ def append_cmps(kcovx.Area area not None, uint64_t n, uint64_t pc0):
     cdef uint64_t i, stored = 0
     with nogil:
         for i in range(n):
-            stored += <uint64_t> kcovx.kcovx_append_cmp(a, 6, i, ~i, pc0 + i)
+            stored += <uint64_t> kcovx.kcovx_append_cmp(a, kcovx.KCOVX_CMP_SIZE(3), i, ~i,
+                                                        pc0 + i)
     return stored
 
 
@@ -76,3 +81,16 @@ def publish_count(kcovx.Area area not None, uint64_t count):
 def area_size(kcovx.Area area not None):
     """area.c.size, read straight from the struct layout declared in kcovx/_area.pxd."""
     return area.c.size
+
+
+def api_info():
+    """(abi_version, struct_size) of the capsule kcovx.import_api() returned."""
+    return api.abi_version, api.struct_size
+
+
+def capsule_append_pc(kcovx.Area area not None, uint64_t pc):
+    """api.append_pc through the capsule's function pointer.  Returns True if stored."""
+    cdef int ok
+    with nogil:
+        ok = api.append_pc(&area.c, pc)
+    return ok != 0
