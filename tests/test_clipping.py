@@ -1,4 +1,4 @@
-"""Clipping and count arithmetic of the area (spec kcov-semantics.md (c)).
+"""Clipping and count arithmetic of the area (README: the count and clipping rules).
 
 Covers: linux TRACE_PC capacity (size-1 PCs; later PCs dropped, stored words untouched) through
 every entry point (trace_pc, trace_pcs, Area.append_pc/append_pcs); TRACE_CMP capacity

@@ -1,4 +1,4 @@
-"""Owner threads (spec kcov-semantics.md (b), (d)): who records, who may enable and disable,
+"""Owner threads (README: the profiles and "Threads"): who records, who may enable and disable,
 what a thread's exit does, and what close does while a device is enabled.
 
 Each kcov task is a Python thread.  Threads are ``Worker``s (see _kcovx_support) so a test
