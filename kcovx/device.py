@@ -125,7 +125,7 @@ class _Rules:
     has_task_work: bool  # coverage reaches the area through the owner's task work
 
     def __init__(self) -> None:
-        # Every state of this profile (for the fork child and the gvisor collecting switch).
+        # Every state of this profile, for the fork child.
         self.states: weakref.WeakSet[DeviceState] = weakref.WeakSet()
 
     def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
@@ -187,6 +187,8 @@ class _GVisorRules(_Rules):
     def __init__(self) -> None:
         super().__init__()
         self.kcov: dict[tasks.Task, DeviceState] = {}  # t.kcov
+        # The devices in TRACE_PC (a dict: stores into it need no call, see the module doc).
+        self.tracing: dict[DeviceState, None] = {}
 
     def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
         if st.mode != Mode.DISABLED:
@@ -218,9 +220,9 @@ class _GVisorRules(_Rules):
             tasks.add_work(task, _CoverageWork(st))
             _area._set_collecting(True)
             _area._clear_pending()  # ClearCoverageData: only coverage from now on
-            st.mode, st.owner, self.kcov[task] = Mode.TRACE_PC, task, st
+            st.mode, st.owner, self.kcov[task], self.tracing[st] = Mode.TRACE_PC, task, st, None
         except BaseException:
-            self.sync_collecting()
+            self.settle(st)
             raise
 
     def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
@@ -228,13 +230,21 @@ class _GVisorRules(_Rules):
             fail(errno.EINVAL)
         if st.owner is not task:
             fail(errno.EINVAL)
-        # The next enable needs a new mmap, which gets a fresh area.
-        st.mode, st.owner, st.area = Mode.INIT, None, None
-        self.sync_collecting_committed()
+        try:
+            # The next enable needs a new mmap, which gets a fresh area.
+            st.mode, st.owner, st.area = Mode.INIT, None, None
+            self.settle(st)
+        except BaseException:
+            self.settle(st)
+            raise
 
     def close(self, st: DeviceState, task: tasks.Task) -> None:
-        st.closed, st.mode, st.owner, st.area = True, Mode.INIT, None, None  # Clear: INIT
-        self.sync_collecting_committed()
+        try:
+            st.closed, st.mode, st.owner, st.area = True, Mode.INIT, None, None  # Clear: INIT
+            self.settle(st)
+        except BaseException:
+            self.settle(st)
+            raise
 
     def on_task_exit(self, task: tasks.Task) -> None:
         # OnTaskExit on t.kcov: the device this task enabled last, even if it has since been
@@ -242,25 +252,25 @@ class _GVisorRules(_Rules):
         st = self.kcov.get(task)
         if st is not None:
             st.mode, st.owner = Mode.INIT, None  # the mapping stays: no new mmap needed
+            self.settle(st)
             del self.kcov[task]
         self.sync_collecting()
 
     def on_fork_child(self) -> None:
         super().on_fork_child()
         self.kcov.clear()
+        self.tracing.clear()
         _area._set_collecting(False)
+
+    def settle(self, st: DeviceState) -> None:
+        """Bring the derived state in line with st's committed state.  Idempotent."""
+        if st.mode != Mode.TRACE_PC:
+            self.tracing.pop(st, None)
+        self.sync_collecting()
 
     def sync_collecting(self) -> None:
         """Turn the pending set on exactly while some device of this profile collects."""
-        _area._set_collecting(any(_collects(st) for st in self.states))
-
-    def sync_collecting_committed(self) -> None:
-        """sync_collecting after a commit: done again if interrupted, so it is never skipped."""
-        try:
-            self.sync_collecting()
-        except BaseException:
-            self.sync_collecting()
-            raise
+        _area._set_collecting(any([_collects(st) for st in self.tracing]))
 
 
 def _collects(st: DeviceState) -> bool:

@@ -20,8 +20,8 @@ Clients (the device profiles) plug in through two small protocols: ``TaskClient`
 fork notifications) and ``TaskWork`` (work a task runs on its way back to user space).
 
 Asynchronous exceptions: task work stays registered until it says it is done, so an exception
-that interrupts it loses nothing; exit handlers run to completion even if one is interrupted
-(they must be idempotent), and the exception is re-raised afterwards.
+that interrupts it loses nothing; a task's exit is run again if interrupted (exit handlers
+must be idempotent), and the exception is re-raised once it is done.
 
 Threading contract: ``current()`` is called by the thread it describes.  Everything else that
 reads or writes tasks holds ``lock()``.
@@ -95,19 +95,18 @@ class _ExitSentinel:
         self.task = task
 
     def __del__(self) -> None:
-        task = self.task
-        if task.generation != _generation:
-            return  # a parent's thread seen from a fork child: the fork handler dealt with it
-        if sys.is_finalizing():
-            # The interpreter is going away: nothing will read the devices again, and a daemon
-            # thread frozen at shutdown may hold the lock forever, so taking it could hang.
-            return
-        if task.pid != os.getpid():
-            # A fork child dropping the parent's other threads before the after-fork hooks
-            # have run: those threads live on in the parent, their devices stay theirs.
-            return
-        # An error here is reported by CPython as unraisable ("Exception ignored in ...").
-        _task_exit(task)
+        # The exit is retried whole if an asynchronous exception interrupts it (every step is
+        # idempotent); the exception is re-raised afterwards, which CPython reports as
+        # unraisable ("Exception ignored in ...").
+        interrupted: BaseException | None = None
+        for _ in range(_EXIT_ATTEMPTS):
+            try:
+                _task_exit(self.task)
+                break
+            except BaseException as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
 def lock() -> threading.RLock:
@@ -142,24 +141,24 @@ def current() -> Task:
 
 
 def _task_exit(task: Task) -> None:
+    if task.generation != _generation:
+        return  # a parent's thread seen from a fork child: the fork handler dealt with it
+    if sys.is_finalizing():
+        # The interpreter is going away: nothing will read the devices again, and a daemon
+        # thread frozen at shutdown may hold the lock forever, so taking it could hang.
+        return
+    if task.pid != os.getpid():
+        # A fork child dropping the parent's other threads before the after-fork hooks have
+        # run: those threads live on in the parent, their devices stay theirs.
+        return
     with _LOCK:
         task.exited = True
-        todo = list(_clients)
-        interrupted: BaseException | None = None
-        for _ in range(_EXIT_ATTEMPTS):
-            try:
-                while todo:
-                    todo[-1].on_task_exit(task)
-                    todo.pop()
-                task.work.clear()
-                if task.target is not None and task.ident == threading.get_ident():
-                    _area._set_thread_target(None, 0)
-                task.target = None
-                break
-            except BaseException as exc:  # an asynchronous exception: finish the exit first
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+        for client in _clients:
+            client.on_task_exit(task)
+        task.work.clear()
+        if task.target is not None and task.ident == threading.get_ident():
+            _area._set_thread_target(None, 0)
+        task.target = None
 
 
 def add_work(task: Task, work: TaskWork) -> None:

@@ -11,9 +11,10 @@ size and closed flag, and the contents of every mapping the test holds.
 Where the written semantics leave a detail open, the model takes: flush() of a gvisor device
 from a thread other than its owner runs the owner's task work first, then the caller's; flush()
 of a linux device runs only the caller's (its owner has no task work of that device); linux
-appends use uint64 arithmetic, so a count of 2**64-1 puts the PC in word 0 (README:
-the kernels' wrapping arithmetic) and a CMP record goes at (1 + 4*count) mod 2**64 if all four words fit; a mapping's view
-is the page-rounded [offset, offset+length) clipped to the area (kcovx's documented mmap).
+appends use uint64 arithmetic, so a count of 2**64-1 puts the PC in word 0 (README: the
+kernels' wrapping arithmetic) and a CMP record goes at (1 + 4*count) mod 2**64 if all four
+words fit; a mapping's view is the page-rounded [offset, offset+length) clipped to the area
+(kcovx's documented mmap).
 
 Besides one rule per call, a few compound rules (init_map_enable, map_enable, hand_over,
 run_input, flush_from_another_thread) do the usual multi-call sequences, so that 40-step runs
