@@ -330,10 +330,7 @@ def test_cmp_size8_takes_full_u64(devices: Devices) -> None:
 
 
 def gvisor_on(devices: Devices, size: int = 512) -> tuple[kcovx.Device, np.ndarray]:
-    dev = devices.open("gvisor")
-    dev.init_trace(size)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled("gvisor", size)
     return dev, view
 
 

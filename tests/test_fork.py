@@ -118,10 +118,7 @@ def test_no_thread_owns_a_device_in_child(devices: Devices, profile: str) -> Non
 def test_child_cannot_enable_or_disable_parent_enabled_device(
     devices: Devices, profile: str
 ) -> None:
-    dev = devices.open(profile)
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled(profile, 512)
 
     def child() -> Any:
         return [errno_of(dev.enable), errno_of(dev.disable), errno_of(dev.disable), int(dev.mode)]
@@ -174,10 +171,7 @@ def test_kcov_rst_pattern_child_exit_without_disable(devices: Devices) -> None:
 
 
 def test_child_trace_pc_does_not_write_parent_linux_area(devices: Devices) -> None:
-    dev = devices.open("linux")
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    _dev, view = devices.enabled("linux", 512)
     kcovx.trace_pc(0x1)
 
     def child() -> Any:
@@ -193,10 +187,7 @@ def test_child_trace_pc_does_not_write_parent_linux_area(devices: Devices) -> No
 
 
 def test_child_trace_pc_not_delivered_to_parent_gvisor_area(devices: Devices) -> None:
-    dev = devices.open("gvisor")
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled("gvisor", 512)
 
     def child() -> Any:
         kcovx.trace_pc(0xBAD)
