@@ -71,6 +71,8 @@ _U64_MASK: Final = (1 << 64) - 1
 
 # The lock object never changes (tasks.lock()), so it is bound once: flush() is per-input hot.
 _LOCK: Final = tasks.lock()
+# Looking an enum member up on its class costs hundreds of ns on 3.11; task work runs per input.
+_TRACE_PC: Final = Mode.TRACE_PC
 
 _T = TypeVar("_T")
 
@@ -172,7 +174,7 @@ class _CoverageWork:
     def run_task_work(self, task: tasks.Task) -> bool:
         st = self.state
         area = st.area
-        if st.mode != Mode.TRACE_PC or area is None:
+        if st.mode is not _TRACE_PC or area is None:
             return False
         area.consume_pending()
         return True
@@ -187,7 +189,8 @@ class _GVisorRules(_Rules):
     def __init__(self) -> None:
         super().__init__()
         self.kcov: dict[tasks.Task, DeviceState] = {}  # t.kcov
-        # The devices in TRACE_PC (a dict: stores into it need no call, see the module doc).
+        # The devices that collect, and some that stopped (a dict: a store into it needs no
+        # call, see the module doc).
         self.tracing: dict[DeviceState, None] = {}
 
     def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
@@ -222,7 +225,7 @@ class _GVisorRules(_Rules):
             _area._clear_pending()  # ClearCoverageData: only coverage from now on
             st.mode, st.owner, self.kcov[task], self.tracing[st] = Mode.TRACE_PC, task, st, None
         except BaseException:
-            self.settle(st)
+            self.sync_collecting()
             raise
 
     def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
@@ -233,17 +236,17 @@ class _GVisorRules(_Rules):
         try:
             # The next enable needs a new mmap, which gets a fresh area.
             st.mode, st.owner, st.area = Mode.INIT, None, None
-            self.settle(st)
+            self.sync_collecting()
         except BaseException:
-            self.settle(st)
+            self.sync_collecting()
             raise
 
     def close(self, st: DeviceState, task: tasks.Task) -> None:
         try:
             st.closed, st.mode, st.owner, st.area = True, Mode.INIT, None, None  # Clear: INIT
-            self.settle(st)
+            self.sync_collecting()
         except BaseException:
-            self.settle(st)
+            self.sync_collecting()
             raise
 
     def on_task_exit(self, task: tasks.Task) -> None:
@@ -252,7 +255,6 @@ class _GVisorRules(_Rules):
         st = self.kcov.get(task)
         if st is not None:
             st.mode, st.owner = Mode.INIT, None  # the mapping stays: no new mmap needed
-            self.settle(st)
             del self.kcov[task]
         self.sync_collecting()
 
@@ -262,22 +264,19 @@ class _GVisorRules(_Rules):
         self.tracing.clear()
         _area._set_collecting(False)
 
-    def settle(self, st: DeviceState) -> None:
-        """Bring the derived state in line with st's committed state.  Idempotent."""
-        if st.mode != Mode.TRACE_PC:
-            self.tracing.pop(st, None)
-        self.sync_collecting()
-
     def sync_collecting(self) -> None:
-        """Turn the pending set on exactly while some device of this profile collects."""
-        _area._set_collecting(any([_collects(st) for st in self.tracing]))
+        """Turn the pending set on exactly while some device of this profile collects, and
+        forget the devices that no longer do (none can again: see _collects).  Idempotent."""
+        self.tracing = {st: None for st in self.tracing if _collects(st)}
+        _area._set_collecting(bool(self.tracing))
 
 
 def _collects(st: DeviceState) -> bool:
     # A device whose owner exited while owning it (gVisor resets only the device the task
-    # enabled last) can never run task work again: it must not keep the set collecting.
+    # enabled last) can never run task work again: it must not keep the set collecting.  Once
+    # False, False for good: only enable turns it on, and only from INIT.
     owner = st.owner
-    return st.mode == Mode.TRACE_PC and owner is not None and tasks.is_live(owner) and not st.closed
+    return st.mode is _TRACE_PC and owner is not None and tasks.is_live(owner) and not st.closed
 
 
 class _LinuxRules(_Rules):
