@@ -43,7 +43,7 @@ _generation = 0
 
 _local = threading.local()
 
-# How often an exit handler interrupted by an asynchronous exception is retried.
+# How many times a task exit is run when asynchronous exceptions keep interrupting it.
 _EXIT_ATTEMPTS = 3
 
 
