@@ -1,13 +1,17 @@
 """The kcov device: kcov's ioctl-style state machine, in two profiles.
 
-Owns: ``Device`` (one open kcov file) and the rules of each profile:
+Owns: ``Device`` (one open kcov file), ``DeviceState`` (what the rules act on: mode, size,
+area, owner, closed, path) and the rules of each profile, with the per-task bookkeeping each
+profile keeps (which device a task enabled):
 
 - ``gvisor`` (default): gVisor's ``pkg/sentry/kernel/kcov.go``, errno for errno.  The area is
   allocated by the first mmap in INIT and dropped by DISABLE and close; coverage is global and
   reaches the area only through task work, which runs when the owner's device calls return
-  (and on ``flush()``).
+  (and on ``flush()``).  ``t.kcov`` (the device a task enabled last, kept after DISABLE) is
+  ``_GVisorRules.kcov``.
 - ``linux``: Linux >= 5.18.  The area is allocated by INIT and lives as long as the device;
   ``trace_pc``/``trace_cmp`` append at once, for the enabling thread only.
+  ``current->kcov`` (the device a task has enabled now) is ``_LinuxRules.kcov``.
 
 Checks run in the order the kernel runs them and the first failure wins, which is why each
 profile's rules are written as ordered code rather than as a table: the order differs between
@@ -17,9 +21,16 @@ profiles allow are these (every other (mode, event) pair fails with the errno in
     DISABLED --init_trace--> INIT --enable--> TRACE_PC | TRACE_CMP (linux only)
     TRACE_*  --disable / owner exit--> INIT;   close: gvisor -> INIT, linux -> unchanged
 
-Threading: every public method converts its arguments, then holds ``tasks.LOCK`` for the state
-change and, on the way out, runs the calling thread's task work, as a return to user space
-would.  Nothing here runs per recorded PC.
+Asynchronous exceptions (a signal handler raising, KeyboardInterrupt) may land wherever CPython
+checks for them: at a function's entry and after a C call returns.  Each rule therefore checks
+first and commits last, in one statement of plain attribute and dict stores, where no check
+can happen.  The C state derived from the Python state (the calling thread's recording target,
+the gvisor pending set switch) is set from the committed state and set again if that is
+interrupted, so a call interrupted this way either happened whole or not at all.
+
+Threading: every public method converts its arguments, then holds ``tasks.lock()`` for the
+state change and, on the way out, runs the calling thread's task work, as a return to user
+space would.  Nothing here runs per recorded PC.
 """
 
 from __future__ import annotations
@@ -27,12 +38,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, TypeVar
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from kcovx import _area, tasks
 from kcovx.abi import (
@@ -41,10 +50,17 @@ from kcovx.abi import (
     KCOV_INIT_TRACE,
     KCOV_TRACE_CMP,
     KCOV_TRACE_PC,
+    KCOV_WORDS_PER_CMP,
     PAGE_SIZE,
     Mode,
 )
 from kcovx.errors import as_u64, fail
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    AreaView = npt.NDArray[np.uint64]
 
 PROFILES: Final = ("gvisor", "linux")
 
@@ -53,8 +69,32 @@ LINUX_MAX_WORDS: Final = (2**31 - 1) // 8  # INT_MAX / 8
 
 _U64_MASK: Final = (1 << 64) - 1
 
-AreaView = npt.NDArray[np.uint64]
+# The lock object never changes (tasks.lock()), so it is bound once: flush() is per-input hot.
+_LOCK: Final = tasks.lock()
+# Looking an enum member up on its class costs hundreds of ns on 3.11; task work runs per input.
+_TRACE_PC: Final = Mode.TRACE_PC
+
 _T = TypeVar("_T")
+
+
+class DeviceState:
+    """What one device is, as the profile rules see it.  Read and written under the lock."""
+
+    __slots__ = ("__weakref__", "area", "closed", "mode", "owner", "path", "size")
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.mode = Mode.DISABLED
+        self.size = 0  # area size in words, 0 before init_trace
+        self.area: _area.Area | None = None  # what the device writes to now
+        self.owner: tasks.Task | None = None  # the task that enabled it
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceState(mode={self.mode.name}, size={self.size}, area={self.area!r}, "
+            f"owner={self.owner!r}, closed={self.closed}, path={self.path!r})"
+        )
 
 
 def _make_area(size: int, path: str | None) -> _area.Area:
@@ -78,96 +118,165 @@ def _make_area(size: int, path: str | None) -> _area.Area:
 
 
 class _Rules:
-    """One profile's checks and effects.  Every method is called under tasks.LOCK."""
+    """One profile's checks and effects, and its per-task bookkeeping (a tasks.TaskClient).
+
+    Every method is called under the lock.
+    """
 
     name: str
     has_task_work: bool  # coverage reaches the area through the owner's task work
 
-    def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
+    def __init__(self) -> None:
+        # Every state of this profile, for the fork child.
+        self.states: weakref.WeakSet[DeviceState] = weakref.WeakSet()
+
+    def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
         raise NotImplementedError
 
-    def mmap(self, dev: Device, task: tasks.Task, length: int, offset: int) -> _area.Area:
+    def mmap(self, st: DeviceState, task: tasks.Task, length: int, offset: int) -> _area.Area:
         raise NotImplementedError
 
-    def enable(self, dev: Device, task: tasks.Task, arg: int) -> None:
+    def enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
         raise NotImplementedError
 
-    def disable(self, dev: Device, task: tasks.Task, arg: int) -> None:
+    def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
         raise NotImplementedError
 
-    def close(self, dev: Device, task: tasks.Task) -> None:
+    def close(self, st: DeviceState, task: tasks.Task) -> None:
         raise NotImplementedError
 
-    def task_exit(self, task: tasks.Task) -> None:
+    def on_task_exit(self, task: tasks.Task) -> None:
         raise NotImplementedError
+
+    def on_fork_child(self) -> None:
+        # The owners are tasks of the parent: in the child nobody owns a device.  The mode is
+        # kept, so (as with the kernel's shared kcov) the child can neither enable nor disable
+        # a device the parent had enabled.
+        for st in self.states:
+            st.owner = None
+
+
+class _CoverageWork:
+    """gVisor's kcov TaskWork for one device: move the pending coverage into its area; stays
+    registered while the device traces."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: DeviceState) -> None:
+        self.state = state
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _CoverageWork) and other.state is self.state
+
+    def __hash__(self) -> int:
+        return id(self.state)
+
+    def run_task_work(self, task: tasks.Task) -> bool:
+        st = self.state
+        area = st.area
+        if st.mode is not _TRACE_PC or area is None:
+            return False
+        area.consume_pending()
+        return True
 
 
 class _GVisorRules(_Rules):
-    """gVisor, as in the seed (kcov.go) and fsimpl/sys/kcov.go."""
+    """gVisor (kcov.go and fsimpl/sys/kcov.go)."""
 
     name = "gvisor"
     has_task_work = True
 
-    def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
-        if dev._mode != Mode.DISABLED:
+    def __init__(self) -> None:
+        super().__init__()
+        self.kcov: dict[tasks.Task, DeviceState] = {}  # t.kcov
+        # The devices that collect, and some that stopped (a dict: a store into it needs no
+        # call, see the module doc).
+        self.tracing: dict[DeviceState, None] = {}
+
+    def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
+        if st.mode != Mode.DISABLED:
             fail(errno.EBUSY)
         if (8 * size) & (PAGE_SIZE - 1):  # the area must be whole pages (uint64 wrap is moot)
             fail(errno.EINVAL)
         if size < 2 or size > GVISOR_MAX_WORDS:
             fail(errno.EINVAL)
-        dev._size = size
-        dev._mode = Mode.INIT
+        st.size, st.mode = size, Mode.INIT
 
-    def mmap(self, dev: Device, task: tasks.Task, length: int, offset: int) -> _area.Area:
-        if dev._mode != Mode.INIT:
+    def mmap(self, st: DeviceState, task: tasks.Task, length: int, offset: int) -> _area.Area:
+        if st.mode != Mode.INIT:
             fail(errno.EINVAL)
-        if dev._area is None:
-            dev._area = _make_area(dev._size, dev._path)
-        return dev._area
+        if st.area is None:
+            st.area = _make_area(st.size, st.path)
+        return st.area
 
-    def enable(self, dev: Device, task: tasks.Task, arg: int) -> None:
-        if dev._mode != Mode.INIT or dev._area is None:
+    def enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        if st.mode != Mode.INIT or st.area is None:
             fail(errno.EINVAL)
         kind = arg & 0xFF  # EnableTrace(ctx, uint8(arg))
         if kind == KCOV_TRACE_CMP:
             fail(errno.EOPNOTSUPP)
         if kind != KCOV_TRACE_PC:
             fail(errno.EINVAL)
-        if dev._owner is not None and dev._owner is not task:
-            fail(errno.EBUSY)  # unreachable in INIT, kept because the seed has it
-        dev._mode = Mode.TRACE_PC
-        dev._owner = task
-        task.gvisor_kcov = dev
-        task.work.append(dev)
-        tasks.update_collecting()
-        _area._clear_pending()  # ClearCoverageData: only coverage from now on
+        # gVisor also checks for another owner here (EBUSY); in INIT there never is one.
+        try:
+            # Registered work and a collecting pending set do nothing until the commit.
+            tasks.add_work(task, _CoverageWork(st))
+            _area._set_collecting(True)
+            _area._clear_pending()  # ClearCoverageData: only coverage from now on
+            st.mode, st.owner, self.kcov[task], self.tracing[st] = Mode.TRACE_PC, task, st, None
+        except BaseException:
+            self.sync_collecting()
+            raise
 
-    def disable(self, dev: Device, task: tasks.Task, arg: int) -> None:
+    def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
         if arg != 0:
             fail(errno.EINVAL)
-        if dev._owner is not task:
+        if st.owner is not task:
             fail(errno.EINVAL)
-        dev._mode = Mode.INIT
-        dev._owner = None
-        dev._area = None  # the next enable needs a new mmap, which gets a fresh area
-        tasks.update_collecting()
+        try:
+            # The next enable needs a new mmap, which gets a fresh area.
+            st.mode, st.owner, st.area = Mode.INIT, None, None
+            self.sync_collecting()
+        except BaseException:
+            self.sync_collecting()
+            raise
 
-    def close(self, dev: Device, task: tasks.Task) -> None:
-        dev._mode = Mode.INIT  # Clear: INIT, not DISABLED
-        dev._owner = None
-        dev._area = None
-        tasks.update_collecting()
+    def close(self, st: DeviceState, task: tasks.Task) -> None:
+        try:
+            st.closed, st.mode, st.owner, st.area = True, Mode.INIT, None, None  # Clear: INIT
+            self.sync_collecting()
+        except BaseException:
+            self.sync_collecting()
+            raise
 
-    def task_exit(self, task: tasks.Task) -> None:
+    def on_task_exit(self, task: tasks.Task) -> None:
         # OnTaskExit on t.kcov: the device this task enabled last, even if it has since been
         # disabled and enabled by another task (gVisor resets that task's session too).
-        dev = task.gvisor_kcov
-        if dev is None:
-            return
-        task.gvisor_kcov = None
-        dev._mode = Mode.INIT
-        dev._owner = None  # the mapping stays: a later enable needs no new mmap
-        tasks.update_collecting()
+        st = self.kcov.get(task)
+        if st is not None:
+            st.mode, st.owner = Mode.INIT, None  # the mapping stays: no new mmap needed
+            del self.kcov[task]
+        self.sync_collecting()
+
+    def on_fork_child(self) -> None:
+        super().on_fork_child()
+        self.kcov.clear()
+        self.tracing.clear()
+        _area._set_collecting(False)
+
+    def sync_collecting(self) -> None:
+        """Turn the pending set on exactly while some device of this profile collects, and
+        forget the devices that no longer do (none can again: see _collects).  Idempotent."""
+        self.tracing = {st: None for st in self.tracing if _collects(st)}
+        _area._set_collecting(bool(self.tracing))
+
+
+def _collects(st: DeviceState) -> bool:
+    # A device whose owner exited while owning it (gVisor resets only the device the task
+    # enabled last) can never run task work again: it must not keep the set collecting.  Once
+    # False, False for good: only enable turns it on, and only from INIT.
+    owner = st.owner
+    return st.mode is _TRACE_PC and owner is not None and tasks.is_live(owner) and not st.closed
 
 
 class _LinuxRules(_Rules):
@@ -176,70 +285,88 @@ class _LinuxRules(_Rules):
     name = "linux"
     has_task_work = False
 
-    def init_trace(self, dev: Device, task: tasks.Task, size: int) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        # current->kcov; None once disabled (the entry goes when the task exits).
+        self.kcov: dict[tasks.Task, DeviceState | None] = {}
+
+    def init_trace(self, st: DeviceState, task: tasks.Task, size: int) -> None:
         if size < 2 or size > LINUX_MAX_WORDS:
             fail(errno.EINVAL)
         # Linux allocates before its EBUSY check; allocating first here would replace the
         # area file of a busy device, so EBUSY is checked first.  The two orders differ only
         # when allocation fails on a device that is already initialised.
-        if dev._mode != Mode.DISABLED:
+        if st.mode != Mode.DISABLED:
             fail(errno.EBUSY)
         try:
-            area = _make_area(size, dev._path)
+            area = _make_area(size, st.path)
         except MemoryError:
             fail(errno.ENOMEM)
-        dev._area = area
-        dev._size = size
-        dev._mode = Mode.INIT
+        st.area, st.size, st.mode = area, size, Mode.INIT
 
-    def mmap(self, dev: Device, task: tasks.Task, length: int, offset: int) -> _area.Area:
-        if dev._area is None or offset != 0 or _page_round(length) != dev._size * 8:
+    def mmap(self, st: DeviceState, task: tasks.Task, length: int, offset: int) -> _area.Area:
+        if st.area is None or offset != 0 or _page_round(length) != st.size * 8:
             fail(errno.EINVAL)
-        return dev._area
+        return st.area
 
-    def enable(self, dev: Device, task: tasks.Task, arg: int) -> None:
-        if dev._mode != Mode.INIT or dev._area is None:
+    def enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        if st.mode != Mode.INIT or st.area is None:
             fail(errno.EINVAL)
-        if dev._owner is not None or task.linux_kcov is not None:
+        if st.owner is not None or self.kcov.get(task) is not None:
             fail(errno.EBUSY)
         if arg not in (KCOV_TRACE_PC, KCOV_TRACE_CMP):
             fail(errno.EINVAL)
         mode = Mode.TRACE_PC if arg == KCOV_TRACE_PC else Mode.TRACE_CMP
-        tasks.set_target(task, dev._area, int(mode))
-        dev._mode = mode
-        dev._owner = task
-        task.linux_kcov = dev
+        try:
+            st.mode, st.owner, self.kcov[task] = mode, task, st
+            self.sync_target(task)
+        except BaseException:
+            self.sync_target(task)
+            raise
 
-    def disable(self, dev: Device, task: tasks.Task, arg: int) -> None:
-        if arg != 0 or task.linux_kcov is not dev:
+    def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        if arg != 0 or self.kcov.get(task) is not st:
             fail(errno.EINVAL)
-        tasks.set_target(task, None, 0)
-        task.linux_kcov = None
-        self._reset(dev)
+        area = None if st.closed else st.area
+        try:
+            st.mode, st.owner, st.area, self.kcov[task] = Mode.INIT, None, area, None
+            self.sync_target(task)
+        except BaseException:
+            self.sync_target(task)
+            raise
 
-    def close(self, dev: Device, task: tasks.Task) -> None:
+    def close(self, st: DeviceState, task: tasks.Task) -> None:
         # The enabled task holds a reference: coverage keeps flowing until it disables (it
         # cannot, the fd is gone) or exits.  Otherwise the area goes with the device.
-        if dev._owner is None:
-            dev._area = None
+        area = None if st.owner is None else st.area
+        st.closed, st.area = True, area
 
-    def task_exit(self, task: tasks.Task) -> None:
-        dev = task.linux_kcov
-        if dev is None:
-            return
-        task.linux_kcov = None
-        self._reset(dev)
+    def on_task_exit(self, task: tasks.Task) -> None:
+        # tasks clears the exiting thread's recording target itself.
+        st = self.kcov.get(task)
+        if st is not None:
+            area = None if st.closed else st.area
+            st.mode, st.owner, st.area, self.kcov[task] = Mode.INIT, None, area, None
+        self.kcov.pop(task, None)
 
-    @staticmethod
-    def _reset(dev: Device) -> None:
-        dev._mode = Mode.INIT
-        dev._owner = None
-        if dev._closed:
-            dev._area = None
+    def on_fork_child(self) -> None:
+        super().on_fork_child()
+        self.kcov.clear()
+
+    def sync_target(self, task: tasks.Task) -> None:
+        """Point the calling thread's recording target at the area of the device it has
+        enabled, or at nothing.  Idempotent."""
+        st = self.kcov.get(task)
+        if st is None:
+            tasks.set_target(task, None, 0)
+        else:
+            tasks.set_target(task, st.area, int(st.mode))
 
 
-_RULES: Final[dict[str, _Rules]] = {"gvisor": _GVisorRules(), "linux": _LinuxRules()}
-tasks.exit_handlers.extend(rules.task_exit for rules in _RULES.values())
+_GVISOR: Final = _GVisorRules()
+_RULES: Final[dict[str, _Rules]] = {"gvisor": _GVISOR, "linux": _LinuxRules()}
+for _rules in _RULES.values():
+    tasks.register(_rules)
 
 
 def _page_round(length: int) -> int:
@@ -248,6 +375,8 @@ def _page_round(length: int) -> int:
 
 def _view(area: _area.Area, length: int, offset: int) -> AreaView:
     """The part of the mapping [offset, offset + page-rounded length) that lies in the area."""
+    import numpy as np  # on first use: `import kcovx` does not pay for numpy
+
     words: AreaView = np.frombuffer(memoryview(area), dtype=np.uint64)
     lo = min(offset // 8, area.size)
     hi = min((offset + _page_round(length)) // 8, area.size)
@@ -257,7 +386,7 @@ def _view(area: _area.Area, length: int, offset: int) -> AreaView:
 class Device:
     """One open kcov device.  Create with ``kcovx.open()``."""
 
-    __slots__ = ("__weakref__", "_area", "_closed", "_mode", "_owner", "_path", "_rules", "_size")
+    __slots__ = ("__weakref__", "_rules", "_state")
 
     def __init__(self, profile: str = "gvisor", path: str | os.PathLike[str] | None = None):
         if not isinstance(profile, str):
@@ -272,14 +401,9 @@ class Device:
             if not path or "\0" in path:
                 raise ValueError(f"path must be a non-empty file name without NUL, got {path!r}")
         self._rules: _Rules = rules
-        self._path: str | None = path
-        self._mode = Mode.DISABLED
-        self._size = 0
-        self._area: _area.Area | None = None
-        self._owner: tasks.Task | None = None
-        self._closed = False
-        with tasks.LOCK:
-            tasks.DEVICES.add(self)
+        self._state = DeviceState(path)
+        with _LOCK:
+            rules.states.add(self._state)
 
     # -- the system calls ---------------------------------------------------------------------
 
@@ -314,12 +438,14 @@ class Device:
     def flush(self) -> None:
         """Run the owner's pending task work now (gvisor profile; a no-op for linux)."""
         # _syscall spelt out: flush runs once per input in a fuzz loop, and the indirection
-        # would add ~180 ns (a third) to it.
+        # would add a third to its cost.
         task = tasks.current()
-        with tasks.LOCK:
+        with _LOCK:
             try:
-                self._check_open()
-                owner = self._owner
+                st = self._state
+                if st.closed:
+                    fail(errno.EBADF)
+                owner = st.owner
                 if self._rules.has_task_work and owner is not None and owner is not task:
                     tasks.return_to_user(owner)
             finally:
@@ -329,42 +455,41 @@ class Device:
         """Close the device (gvisor: coverage stops, the area is detached)."""
         self._syscall(self._close)
 
-    # -- the kernel side of each call (under tasks.LOCK, device open) -------------------------
+    # -- the kernel side of each call (under the lock, device open) ---------------------------
 
     def _syscall(self, op: Callable[..., _T], *args: Any) -> _T:
         """Run op(task, *args) as a system call of the calling thread: under the lock, EBADF on
         a closed device, and the thread's task work on the way out, whatever op did."""
         task = tasks.current()
-        with tasks.LOCK:
+        with _LOCK:
             try:
-                self._check_open()
+                if self._state.closed:
+                    fail(errno.EBADF)
                 return op(task, *args)
             finally:
                 tasks.return_to_user(task)
 
     def _ioctl(self, task: tasks.Task, cmd: int, arg: int) -> None:
         if cmd == KCOV_INIT_TRACE:
-            self._rules.init_trace(self, task, arg)
+            self._rules.init_trace(self._state, task, arg)
         elif cmd == KCOV_ENABLE:
-            self._rules.enable(self, task, arg)
+            self._rules.enable(self._state, task, arg)
         elif cmd == KCOV_DISABLE:
-            self._rules.disable(self, task, arg)
+            self._rules.disable(self._state, task, arg)
         else:  # KCOV_REMOTE_ENABLE included: no remote coverage (see README)
             fail(errno.ENOTTY)
 
     def _mmap(self, task: tasks.Task, length: int | None, offset: int) -> AreaView:
-        n = self._size * 8 if length is None else length
+        n = self._state.size * 8 if length is None else length
         # The generic mmap checks come before the device's.
         if offset & (PAGE_SIZE - 1) or n == 0:
             fail(errno.EINVAL)
         if n > _U64_MASK - PAGE_SIZE + 1 or offset + _page_round(n) > _U64_MASK:
             fail(errno.ENOMEM)
-        return _view(self._rules.mmap(self, task, n, offset), n, offset)
+        return _view(self._rules.mmap(self._state, task, n, offset), n, offset)
 
     def _close(self, task: tasks.Task) -> None:
-        self._closed = True
-        tasks.DEVICES.discard(self)
-        self._rules.close(self, task)
+        self._rules.close(self._state, task)
 
     def __enter__(self) -> Device:
         return self
@@ -375,7 +500,7 @@ class Device:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._closed:
+        if not self._state.closed:
             self.close()
 
     # -- state, read-only ---------------------------------------------------------------------
@@ -386,79 +511,50 @@ class Device:
 
     @property
     def mode(self) -> Mode:
-        return self._mode
+        return self._state.mode
 
     @property
     def size(self) -> int:
         """Area size in words (0 before init_trace)."""
-        return self._size
+        return self._state.size
 
     @property
     def path(self) -> str | None:
-        return self._path
+        return self._state.path
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state.closed
 
     @property
     def owner(self) -> int | None:
         """``threading.get_ident()`` of the owning thread, or None."""
-        owner = self._owner
+        owner = self._state.owner
         # A task of the parent, seen in a fork child, owns nothing here.  A task that exited
-        # still owning the device (see task_exit in _GVisorRules) is still its owner.
+        # still owning the device (see on_task_exit in _GVisorRules) is still its owner.
         return owner.ident if owner is not None and tasks.in_this_process(owner) else None
 
     @property
     def area(self) -> _area.Area | None:
         """The area this device writes to now (None when it has none), for the C API."""
-        return self._area
+        return self._state.area
 
     def __repr__(self) -> str:
-        owner = self._owner
+        st = self._state
+        owner = st.owner
         who = "none" if owner is None else f"{owner.name}({owner.ident})"
-        area = self._area
+        area = st.area
         if area is None:
             fill = "unmapped"
-        elif self._mode == Mode.TRACE_CMP:
-            fill = f"{area.count}/{(area.size - 1) // 4} records"
+        elif st.mode == Mode.TRACE_CMP:
+            fill = f"{area.count}/{(area.size - 1) // KCOV_WORDS_PER_CMP} records"
         else:
             fill = f"{area.count}/{area.size - 1} PCs"
-        state = "closed" if self._closed else "open"
+        state = "closed" if st.closed else "open"
         return (
-            f"<kcovx.Device profile={self.profile} {state} mode={self._mode.name} "
-            f"size={self._size} owner={who} fill={fill}>"
+            f"<kcovx.Device profile={self.profile} {state} mode={st.mode.name} "
+            f"size={st.size} owner={who} fill={fill}>"
         )
-
-    # -- kernel-side hooks (under tasks.LOCK) -------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            fail(errno.EBADF)
-
-    def _task_work(self, task: tasks.Task) -> None:
-        """gVisor TaskWork: move the pending coverage into the area; re-register while tracing."""
-        if self._mode != Mode.TRACE_PC or self._area is None:
-            return
-        self._area.consume_pending()
-        task.work.append(self)
-
-    def _collects(self) -> bool:
-        # A device whose owner exited while owning it (gVisor resets only the device the task
-        # enabled last) can never run task work again: it must not keep the set collecting.
-        return (
-            self._rules.has_task_work
-            and self._mode == Mode.TRACE_PC
-            and self._owner is not None
-            and tasks.is_live(self._owner)
-            and not self._closed
-        )
-
-    def _after_fork_child(self) -> None:
-        # The owner is a task of the parent: in the child nobody owns the device.  Its mode is
-        # kept, so (as with the kernel's shared kcov) the child can neither enable nor disable
-        # a device the parent had enabled.
-        self._owner = None
 
 
 def open(profile: str = "gvisor", path: str | os.PathLike[str] | None = None) -> Device:
@@ -466,4 +562,4 @@ def open(profile: str = "gvisor", path: str | os.PathLike[str] | None = None) ->
     return Device(profile, path)
 
 
-__all__ = ["PROFILES", "Device", "open"]
+__all__ = ["PROFILES", "Device", "DeviceState", "open"]

@@ -1,22 +1,30 @@
-"""Owner-task bookkeeping: which thread is which task, what it owns, what runs when it leaves.
+"""Threads as tasks: identity, exit, fork, task work and the lock.  Knows nothing of devices.
 
 Owns:
-- ``Task``: the kernel's task for one Python thread in one process.  ``gvisor_kcov`` is gVisor's
-  ``t.kcov`` (the device this thread enabled last, kept after DISABLE), ``linux_kcov`` is Linux's
-  ``current->kcov`` (the device it has enabled now), ``work`` is its registered task work.
-- Thread-exit detection without the user's help: each task's thread holds a sentinel in a
+- ``Task``: the kernel's task for one Python thread in one process: its ident and name, whether
+  it has exited, its C recording target (the per-thread pointer of the core) and its task work.
+- Exit detection without the user's help: each task's thread holds a sentinel in a
   ``threading.local``; CPython drops it when the thread's state is cleared, which happens in the
-  exiting thread before ``Thread.join()`` returns, and the sentinel's ``__del__`` runs the exit
-  handlers (gVisor ``OnTaskExit``, Linux ``kcov_task_exit``).
-- ``LOCK``: the one lock of the state machine (the kernel's per-device mutexes folded into one).
-  Every device call, every task-work run and every exit handler holds it.  It is never taken on
-  a per-event path: ``trace_pc`` and friends read only C state.
-- Fork: before ``os.fork`` the lock is taken so the child sees a consistent state; in the child
-  every task starts afresh (new generation), no device keeps an owner, and the per-thread
-  recording targets and the pending set are cleared.
+  exiting thread before ``Thread.join()`` returns, and the sentinel's ``__del__`` runs every
+  client's ``on_task_exit``.
+- Fork: the lock is held across ``os.fork`` so the child sees a consistent state; in the child
+  every task starts afresh (new generation), the calling thread's recording target is cleared
+  and every client's ``on_fork_child`` runs.  The thread states of the parent's other threads,
+  which CPython drops in the child before the after-fork hooks, are not task exits.
+- ``lock()``: the one lock of the state machine (the kernel's per-device mutexes folded into
+  one), the same object for the life of the process, fork children included.  Every device
+  call, every task-work run and every exit handler holds it.  It is never taken on a per-event
+  path: ``trace_pc`` and friends read only C state.
+
+Clients (the device profiles) plug in through two small protocols: ``TaskClient`` (exit and
+fork notifications) and ``TaskWork`` (work a task runs on its way back to user space).
+
+Asynchronous exceptions: task work stays registered until it says it is done, so an exception
+that interrupts it loses nothing; a task's exit is run again if interrupted (exit handlers
+must be idempotent), and the exception is re-raised once it is done.
 
 Threading contract: ``current()`` is called by the thread it describes.  Everything else that
-reads or writes tasks or devices holds ``LOCK``.
+reads or writes tasks holds ``lock()``.
 """
 
 from __future__ import annotations
@@ -24,51 +32,55 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kcovx import _area
 
-if TYPE_CHECKING:
-    from kcovx.device import Device
-
-LOCK = threading.RLock()
+_LOCK = threading.RLock()
 
 # Bumped in every fork child: tasks of an older generation belong to the parent.
 _generation = 0
 
 _local = threading.local()
 
-# Every open device, for the fork handler and for the gvisor collecting switch.
-DEVICES: weakref.WeakSet[Device] = weakref.WeakSet()
+# How many times a task exit is run when asynchronous exceptions keep interrupting it.
+_EXIT_ATTEMPTS = 3
+
+
+class TaskWork(Protocol):
+    """Work registered on a task, run under ``lock()`` each time the task returns to user
+    space; it stays registered while it returns True."""
+
+    def run_task_work(self, task: Task) -> bool: ...
+
+
+class TaskClient(Protocol):
+    """What a client learns about tasks.  Both hooks run under ``lock()``."""
+
+    def on_task_exit(self, task: Task) -> None:
+        """task's thread has exited.  Must be idempotent: it is re-run if interrupted."""
+
+    def on_fork_child(self) -> None:
+        """In a fork child, before any other kcovx call: every task so far is the parent's."""
+
+
+_clients: list[TaskClient] = []
 
 
 class Task:
     """The task of one Python thread (in one process)."""
 
-    __slots__ = (
-        "__weakref__",
-        "exited",
-        "generation",
-        "gvisor_kcov",
-        "ident",
-        "linux_kcov",
-        "name",
-        "target",
-        "work",
-    )
+    __slots__ = ("__weakref__", "exited", "generation", "ident", "name", "pid", "target", "work")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.ident: int = threading.get_ident()
         self.name: str = thread.name
         self.generation = _generation
+        self.pid = os.getpid()
         self.exited = False
-        self.gvisor_kcov: Device | None = None
-        self.linux_kcov: Device | None = None
         # The Area the C per-thread target points into; held so it outlives the pointer.
         self.target: _area.Area | None = None
-        self.work: list[Device] = []
+        self.work: list[TaskWork] = []
 
     def __repr__(self) -> str:
         return f"<kcovx task {self.name!r} ident={self.ident}>"
@@ -83,15 +95,29 @@ class _ExitSentinel:
         self.task = task
 
     def __del__(self) -> None:
-        task = self.task
-        if task.generation != _generation:
-            return  # a parent's thread seen from a fork child: the fork handler dealt with it
-        if sys.is_finalizing():
-            # The interpreter is going away: nothing will read the devices again, and a daemon
-            # thread frozen at shutdown may hold LOCK forever, so taking it could hang the exit.
-            return
-        # An error here is reported by CPython as unraisable ("Exception ignored in ...").
-        _task_exit(task)
+        # The exit is retried whole if an asynchronous exception interrupts it (every step is
+        # idempotent); the exception is re-raised afterwards, which CPython reports as
+        # unraisable ("Exception ignored in ...").
+        interrupted: BaseException | None = None
+        for _ in range(_EXIT_ATTEMPTS):
+            try:
+                _task_exit(self.task)
+                break
+            except BaseException as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+
+def lock() -> threading.RLock:
+    """The state machine's lock (one object for the life of the process)."""
+    return _LOCK
+
+
+def register(client: TaskClient) -> None:
+    """Tell client about every task exit and every fork child from now on."""
+    with _LOCK:
+        _clients.append(client)
 
 
 def in_this_process(task: Task) -> bool:
@@ -109,25 +135,36 @@ def current() -> Task:
     task: Task | None = getattr(_local, "task", None)
     if task is None or task.generation != _generation:
         task = Task(threading.current_thread())
-        _local.task = task
-        _local.sentinel = _ExitSentinel(task)
+        sentinel = _ExitSentinel(task)
+        _local.sentinel, _local.task = sentinel, task  # both or neither: no call in between
     return task
 
 
-# Exit handlers, one per profile, installed by device.py: (task) -> None, called under LOCK.
-exit_handlers: list[Callable[[Task], None]] = []
-
-
 def _task_exit(task: Task) -> None:
-    with LOCK:
+    if task.generation != _generation:
+        return  # a parent's thread seen from a fork child: the fork handler dealt with it
+    if sys.is_finalizing():
+        # The interpreter is going away: nothing will read the devices again, and a daemon
+        # thread frozen at shutdown may hold the lock forever, so taking it could hang.
+        return
+    if task.pid != os.getpid():
+        # A fork child dropping the parent's other threads before the after-fork hooks have
+        # run: those threads live on in the parent, their devices stay theirs.
+        return
+    with _LOCK:
         task.exited = True
-        for handler in exit_handlers:
-            handler(task)
+        for client in _clients:
+            client.on_task_exit(task)
         task.work.clear()
-        update_collecting()
         if task.target is not None and task.ident == threading.get_ident():
             _area._set_thread_target(None, 0)
         task.target = None
+
+
+def add_work(task: Task, work: TaskWork) -> None:
+    """Register work on task (once: registering it again changes nothing).  Under lock()."""
+    if work not in task.work:
+        task.work.append(work)
 
 
 def set_target(task: Task, area: _area.Area | None, mode: int) -> None:
@@ -141,36 +178,35 @@ def set_target(task: Task, area: _area.Area | None, mode: int) -> None:
 def return_to_user(task: Task) -> None:
     """What the kernel does on the way back to user space: run the task's registered work.
 
-    Each work item re-registers itself while it still has work to do.  Called under LOCK.
+    Work is dropped only once it returns False, so an exception in the middle keeps it
+    registered for the next return.  Called under lock().
     """
-    if task.work:
-        work, task.work = task.work, []
-        for device in work:
-            device._task_work(task)
-
-
-def update_collecting() -> None:
-    """Turn the pending set on exactly while some gvisor device is tracing.  Under LOCK."""
-    on = any(d._collects() for d in DEVICES)
-    _area._set_collecting(on)
+    work = task.work
+    if work:
+        for item in work[:]:
+            if not item.run_task_work(task):
+                work.remove(item)
 
 
 def _before_fork() -> None:
-    LOCK.acquire()
+    _LOCK.acquire()
 
 
 def _after_fork_parent() -> None:
-    LOCK.release()
+    _LOCK.release()
 
 
 def _after_fork_child() -> None:
-    global LOCK, _generation
-    _generation += 1
-    LOCK = threading.RLock()
-    _area._set_thread_target(None, 0)
-    for device in list(DEVICES):
-        device._after_fork_child()
-    _area._set_collecting(False)
+    # The forking thread holds _LOCK (taken in _before_fork) and is this process's only
+    # thread, with the same ident: the lock object stays valid and is released below.
+    global _generation
+    try:
+        _generation += 1
+        _area._set_thread_target(None, 0)
+        for client in _clients:
+            client.on_fork_child()
+    finally:
+        _LOCK.release()
 
 
 os.register_at_fork(

@@ -5,7 +5,8 @@ time and in order, so a test can keep a thread (a kcov task) alive across severa
 decide exactly when it exits.  ``Devices`` opens devices for a test and, at teardown, disables
 the ones the calling thread still owns and closes the rest, so no test leaves the main thread
 recording into an area or a gvisor device collecting (each test module wraps it in a
-``devices`` fixture).  Every wait is bounded.
+``devices`` fixture); ``Devices.enabled`` is the usual open/init/mmap/enable preamble.
+Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -80,6 +81,21 @@ class Devices:
         dev = kcovx.open(profile, path)
         self._devs.append(dev)
         return dev
+
+    def enabled(
+        self,
+        profile: str = "gvisor",
+        size: int = 512,
+        mode: int = kcovx.KCOV_TRACE_PC,
+        path: Any = None,
+    ) -> tuple[kcovx.Device, Any]:
+        """The usual preamble: open, init_trace(size), mmap, enable(mode) by the calling
+        thread.  Returns the device and the view of its whole area."""
+        dev = self.open(profile, path)
+        dev.init_trace(size)
+        view = dev.mmap()
+        dev.enable(mode)
+        return dev, view
 
     def worker(self, name: str = "kcovx-worker") -> Worker:
         w = Worker(name)

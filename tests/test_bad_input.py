@@ -158,10 +158,7 @@ def test_trace_pc_out_of_range(bad: int) -> None:
 
 
 def test_trace_pc_extremes_accepted(devices: Devices) -> None:
-    dev = devices.open("linux")
-    dev.init_trace(512)
-    v = dev.mmap()
-    dev.enable()
+    _dev, v = devices.enabled("linux", 512)
     kcovx.trace_pc(0)
     kcovx.trace_pc(2**64 - 1)
     kcovx.trace_pc(np.uint64(2**64 - 2))
@@ -192,10 +189,7 @@ def bad_buffers() -> list[Any]:
 
 @pytest.mark.parametrize("bad", bad_buffers(), ids=lambda b: type(b).__name__)
 def test_trace_pcs_bad_buffers(devices: Devices, bad: Any) -> None:
-    dev = devices.open("linux")
-    dev.init_trace(512)
-    v = dev.mmap()
-    dev.enable()
+    _dev, v = devices.enabled("linux", 512)
     a = Area(512)
     for fn in (kcovx.trace_pcs, a.append_pcs):
         with pytest.raises((TypeError, ValueError)) as info:
@@ -219,10 +213,7 @@ def test_trace_pcs_wrong_dtype_type_error(dtype: Any) -> None:
 
 
 def test_trace_pcs_empty_and_2d_contiguous_ok(devices: Devices) -> None:
-    dev = devices.open("linux")
-    dev.init_trace(512)
-    v = dev.mmap()
-    dev.enable()
+    _dev, v = devices.enabled("linux", 512)
     kcovx.trace_pcs(np.zeros(0, dtype=np.uint64))
     kcovx.trace_pcs(np.array([[1, 2], [3, 4]], dtype=np.uint64))
     assert v[:5].tolist() == [4, 1, 2, 3, 4]
@@ -327,10 +318,7 @@ def test_kcov_errno_values(
 
 def test_disable_nonzero_arg_einval(devices: Devices) -> None:
     for profile in PROFILES:
-        dev = devices.open(profile)
-        dev.init_trace(512)
-        dev.mmap()
-        dev.enable()
+        dev, _ = devices.enabled(profile, 512)
         raises_errno(errno.EINVAL, dev.ioctl, KCOV_DISABLE, 1)
         assert dev.mode == Mode.TRACE_PC
         dev.disable()

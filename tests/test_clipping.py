@@ -1,4 +1,4 @@
-"""Clipping and count arithmetic of the area (spec kcov-semantics.md (c)).
+"""Clipping and count arithmetic of the area (README: the count and clipping rules).
 
 Covers: linux TRACE_PC capacity (size-1 PCs; later PCs dropped, stored words untouched) through
 every entry point (trace_pc, trace_pcs, Area.append_pc/append_pcs); TRACE_CMP capacity
@@ -330,10 +330,7 @@ def test_cmp_size8_takes_full_u64(devices: Devices) -> None:
 
 
 def gvisor_on(devices: Devices, size: int = 512) -> tuple[kcovx.Device, np.ndarray]:
-    dev = devices.open("gvisor")
-    dev.init_trace(size)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled("gvisor", size)
     return dev, view
 
 

@@ -125,10 +125,7 @@ def test_file_stays_after_close_with_recorded_words(
     devices: Devices, tmp_path: Path, profile: str
 ) -> None:
     p = tmp_path / "area"
-    dev = devices.open(profile, path=p)
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled(profile, 512, path=p)
     pcs = [0x10, 0x20, 0x30, 2**64 - 1]
     for pc in pcs:
         kcovx.trace_pc(pc)
@@ -147,10 +144,7 @@ def test_file_stays_after_close_with_recorded_words(
 @pytest.mark.parametrize("profile", ["linux", "gvisor"])
 def test_other_process_maps_same_words(devices: Devices, tmp_path: Path, profile: str) -> None:
     p = tmp_path / "area"
-    dev = devices.open(profile, path=p)
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled(profile, 512, path=p)
     kcovx.trace_pcs(np.array([7, 8, 9, 0xFFFF_FFFF_0000_0001], dtype=np.uint64))
     dev.flush()
     seen = read_words_elsewhere(p)
@@ -216,10 +210,7 @@ def wait_line(proc: subprocess.Popen[str], expect: str) -> None:
 def test_concurrent_reader_never_sees_count_ahead_of_data(devices: Devices, tmp_path: Path) -> None:
     size = 8192
     p = tmp_path / "area"
-    dev = devices.open("linux", path=p)
-    dev.init_trace(size)
-    view = dev.mmap()
-    dev.enable()
+    _dev, view = devices.enabled("linux", size, path=p)
     reader = subprocess.Popen(
         [PY, "-c", READER, str(p), str(size)],
         stdin=subprocess.PIPE,
@@ -323,10 +314,7 @@ def test_gvisor_remmap_after_disable_fresh_file_old_view_kept(
     devices: Devices, tmp_path: Path
 ) -> None:
     p = tmp_path / "area"
-    dev = devices.open("gvisor", path=p)
-    dev.init_trace(512)
-    old = dev.mmap()
-    dev.enable()
+    dev, old = devices.enabled("gvisor", 512, path=p)
     kcovx.trace_pcs(np.array([1, 2, 3], dtype=np.uint64))
     dev.flush()
     dev.disable()

@@ -3,7 +3,7 @@ with a small reference model.
 
 Owns: ``KcovMachine``, a hypothesis ``RuleBasedStateMachine`` (pyroaring's
 ``test_state_machine.py`` is the pattern), and ``Model``, a pure-Python reference written from
-the project's semantics (docs: kcov-semantics.md (b)-(d) and the gVisor seed ``kcov.go``), not
+the semantics README.md documents (the error table, the two profiles, threads, fork), not
 from kcovx's code.  Every rule performs one operation on kcovx and on the model and compares
 the errno (or success); after every rule an invariant compares each device's mode, owner,
 size and closed flag, and the contents of every mapping the test holds.
@@ -11,9 +11,10 @@ size and closed flag, and the contents of every mapping the test holds.
 Where the written semantics leave a detail open, the model takes: flush() of a gvisor device
 from a thread other than its owner runs the owner's task work first, then the caller's; flush()
 of a linux device runs only the caller's (its owner has no task work of that device); linux
-appends use uint64 arithmetic, so a count of 2**64-1 puts the PC in word 0 (kcov-semantics.md
-(c)) and a CMP record goes at (1 + 4*count) mod 2**64 if all four words fit; a mapping's view
-is the page-rounded [offset, offset+length) clipped to the area (kcovx's documented mmap).
+appends use uint64 arithmetic, so a count of 2**64-1 puts the PC in word 0 (README: the
+kernels' wrapping arithmetic) and a CMP record goes at (1 + 4*count) mod 2**64 if all four
+words fit; a mapping's view is the page-rounded [offset, offset+length) clipped to the area
+(kcovx's documented mmap).
 
 Besides one rule per call, a few compound rules (init_map_enable, map_enable, hand_over,
 run_input, flush_from_another_thread) do the usual multi-call sequences, so that 40-step runs
@@ -151,7 +152,7 @@ def _page_up(n: int) -> int:
 
 
 class Model:
-    """Both profiles' rules, in the order the spec gives the checks (first failure wins)."""
+    """Both profiles' rules, in the order the kernels run the checks (first failure wins)."""
 
     def __init__(self) -> None:
         self.pending: dict[int, None] = {}  # gvisor, global: an ordered set of PCs

@@ -1,4 +1,4 @@
-"""Owner threads (spec kcov-semantics.md (b), (d)): who records, who may enable and disable,
+"""Owner threads (README: the profiles and "Threads"): who records, who may enable and disable,
 what a thread's exit does, and what close does while a device is enabled.
 
 Each kcov task is a Python thread.  Threads are ``Worker``s (see _kcovx_support) so a test
@@ -188,10 +188,7 @@ def test_linux_exit_of_former_owner_leaves_new_owner(devices: Devices) -> None:
 
 
 def test_linux_non_owner_threads_not_recorded(devices: Devices) -> None:
-    dev = devices.open("linux")
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    _dev, view = devices.enabled("linux", 512)
     other = devices.worker()
     other.call(kcovx.trace_pc, 0x5)
     other.call(kcovx.trace_pcs, np.array([0x6, 0x7], dtype=np.uint64))
@@ -300,10 +297,7 @@ def test_gvisor_same_thread_may_enable_second_device(devices: Devices) -> None:
 
 
 def test_gvisor_disable_from_other_thread_einval(devices: Devices) -> None:
-    dev = devices.open("gvisor")
-    dev.init_trace(512)
-    dev.mmap()
-    dev.enable()
+    dev, _ = devices.enabled("gvisor", 512)
     other = devices.worker()
     raises_errno(errno.EINVAL, other.call, dev.disable)
     assert dev.mode == Mode.TRACE_PC
@@ -314,10 +308,7 @@ def test_gvisor_disable_from_other_thread_einval(devices: Devices) -> None:
 
 
 def test_gvisor_close_while_enabled_stops_coverage(devices: Devices) -> None:
-    dev = devices.open("gvisor")
-    dev.init_trace(512)
-    view = dev.mmap()
-    dev.enable()
+    dev, view = devices.enabled("gvisor", 512)
     kcovx.trace_pc(0x1)
     dev.flush()
     assert view[:2].tolist() == [1, 0x1]
