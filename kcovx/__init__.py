@@ -15,8 +15,8 @@ that forks workers, does not pay for them before its own code runs.
 
 from __future__ import annotations
 
-import importlib as _importlib
 import os as _os
+import sys as _sys
 from typing import TYPE_CHECKING, Any
 
 from kcovx._area import ABI_VERSION, Area, trace_cmp, trace_pc, trace_pcs
@@ -78,13 +78,20 @@ _LAZY = {
 _LAZY_MODULES = frozenset({"cover", "instrument", "pcs"})
 
 
+def _submodule(name: str) -> Any:
+    # The import statement's own machinery (not importlib.import_module), so that
+    # ``-X importtime`` reports these imports like any other; it binds kcovx.<name> too.
+    __import__(f"kcovx.{name}")
+    return _sys.modules[f"kcovx.{name}"]
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY_MODULES:
-        return _importlib.import_module(f"kcovx.{name}")  # the import binds it here too
+        return _submodule(name)
     home = _LAZY.get(name)
     if home is None:
         raise AttributeError(f"module 'kcovx' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"kcovx.{home}"), name)
+    value = getattr(_submodule(home), name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 

@@ -460,28 +460,22 @@ def test_symbolize_cover_and_table_files_that_are_not(tmp_path: Path, case: str)
     assert r.stdout == ""
 
 
-BAD_TABLES = {
-    "infinity": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",1,1,Infinity,1]]}',
-    "nan": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",1,1,NaN,1]]}',
-    "1e999": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",1,1,1e999,1]]}',
-    "float": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",1,1,2.5,1]]}',
-    "huge-int": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",1,1,'
-    + "9" * 5000
-    + ",1]]}",
-    "bool": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","f","g",true,1,1,1]]}',
+HEAD = '{"format":"kcovx-pcs-table","version":1,"blocks":'
+BAD_TABLES: dict[str, str | bytes] = {
+    "infinity": HEAD + '[["0x1","f","g",1,1,Infinity,1]]}',
+    "nan": HEAD + '[["0x1","f","g",1,1,NaN,1]]}',
+    "1e999": HEAD + '[["0x1","f","g",1,1,1e999,1]]}',
+    "float": HEAD + '[["0x1","f","g",1,1,2.5,1]]}',
+    "huge-int": HEAD + '[["0x1","f","g",1,1,' + "9" * 5000 + ",1]]}",
+    "bool": HEAD + '[["0x1","f","g",true,1,1,1]]}',
     "nested": "[" * 200_000 + "]" * 200_000,
-    "nested-in-blocks": '{"format":"kcovx-pcs-table","version":1,"blocks":'
-    + "[" * 100_000
-    + "]" * 100_000
-    + "}",
-    "surrogate": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","\\ud800.py","g",1,1,1,1]]}',
-    "bad-pc": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x0x1","f","g",1,1,1,1]]}',
-    "pc-too-wide": '{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1'
-    + "0" * 16
-    + '","f","g",1,1,1,1]]}',
-    "not-utf8": b'{"format":"kcovx-pcs-table","version":1,"blocks":[["0x1","\xff","g",1,1,1,1]]}',
-    "blocks-not-a-list": '{"format":"kcovx-pcs-table","version":1,"blocks":{"a":1}}',
-    "row-not-a-list": '{"format":"kcovx-pcs-table","version":1,"blocks":["0x1"]}',
+    "nested-in-blocks": HEAD + "[" * 100_000 + "]" * 100_000 + "}",
+    "surrogate": HEAD + '[["0x1","\\ud800.py","g",1,1,1,1]]}',
+    "bad-pc": HEAD + '[["0x0x1","f","g",1,1,1,1]]}',
+    "pc-too-wide": HEAD + '[["0x1' + "0" * 16 + '","f","g",1,1,1,1]]}',
+    "not-utf8": HEAD.encode() + b'[["0x1","\xff","g",1,1,1,1]]}',
+    "blocks-not-a-list": HEAD + '{"a":1}}',
+    "row-not-a-list": HEAD + '["0x1"]}',
 }
 
 
