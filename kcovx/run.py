@@ -349,8 +349,10 @@ def run(
         exclude=list(exclude),
         always=[target] if module else [],
     )
+    # Absolute: the program may change the working directory before the outputs are written.
+    output_path, table_path = os.path.abspath(output), os.path.abspath(table)
     unit = None if module else _script_unit(target)
-    kc = kcovx.open(profile=profile, path=output)
+    kc = kcovx.open(profile=profile, path=output_path)
     term = _Sigterm()
     pid = os.getpid()
     try:
@@ -358,10 +360,10 @@ def run(
         kc.mmap()  # gvisor allocates the area (the file) here; the view itself is not needed
         area = kc.area
         assert area is not None
-        _reserve(output, size * 8)
+        _reserve(output_path, size * 8)
         hook.install()
         in_place = _instrument_loaded(hook)
-        pcs.write_pcs_table(table)  # a run that dies still leaves what was known before it ran
+        pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran
         term.install()
         kc.enable()
         try:
@@ -381,8 +383,8 @@ def run(
             kc.close()
     failed = False
     try:
-        cover.trim_area_file(output, count)
-        table_blocks = pcs.write_pcs_table(table)
+        cover.trim_area_file(output_path, count)
+        table_blocks = pcs.write_pcs_table(table_path)
     except OSError as e:
         print(f"kcovx run: writing the outputs failed: {e}", file=err)
         table_blocks = len(pcs.blocks())

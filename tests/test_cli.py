@@ -523,3 +523,15 @@ def test_run_pytest_names_the_modules_it_could_not_instrument(tmp_path: Path) ->
     assert "1 matching modules" in line[0] and line[0].endswith(": test_util")
     # util, imported by the test module, is instrumented all the same.
     assert "util.py" in symbolized_files(tmp_path, read_cover(str(tmp_path / "kcovx.cover")))
+
+
+def test_run_outputs_stay_where_they_were_named_when_the_program_changes_directory(
+    project: Path,
+) -> None:
+    (project / "elsewhere").mkdir()
+    (project / "mover.py").write_text("import os\nos.chdir('elsewhere')\nx = 1\n")
+    r = kcovx_cli("run", "mover.py", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(project / "elsewhere") == []
+    pcs = read_cover(str(project / "kcovx.cover"))
+    assert symbolized_files(project, pcs) == {"mover.py"}
