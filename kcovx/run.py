@@ -67,7 +67,7 @@ class Summary:
     output: str
     table: str
     table_blocks: int
-    # Matching modules another loader (pytest's assertion rewriting) loaded: not instrumented.
+    # Matching modules loaded around kcovx's hook (pytest's assertion rewriting): not instrumented.
     foreign: list[str] = field(default_factory=list)
 
     def format(self) -> str:
@@ -82,8 +82,9 @@ class Summary:
         if self.foreign:
             names = ", ".join(self.foreign[:5]) + (", ..." if len(self.foreign) > 5 else "")
             lines.append(
-                f"  {len(self.foreign)} matching modules were loaded by another loader (such as "
-                f"pytest's assertion rewriting) and are not instrumented: {names}"
+                f"  {len(self.foreign)} matching modules were not loaded through kcovx's import "
+                f"hook (pytest's assertion rewriting loads test modules itself) and are not "
+                f"instrumented: {names}"
             )
         lines.append(
             f"  area -> {self.output} ({self.recorded + 1} words); "
@@ -203,7 +204,7 @@ def _instrument_loaded(hook: instrument.ImportHook) -> set[str]:
 
 
 def _foreign(hook: instrument.ImportHook, in_place: set[str]) -> list[str]:
-    """Matching modules that another loader than ours loaded (so not instrumented)."""
+    """Matching modules that were neither loaded by our hook nor instrumented in place."""
     out = []
     for name, mod in _source_modules(hook):
         loader = getattr(getattr(mod, "__spec__", None), "loader", None)
@@ -304,6 +305,16 @@ def _execute(
     return 0
 
 
+def _write_outputs(output: str, count: int, table: str, err: TextIO) -> tuple[int, bool]:
+    """Cut the cover file to its PCs and write the PC table: (blocks in it, whether it failed)."""
+    try:
+        cover.trim_area_file(output, count)
+        return pcs.write_pcs_table(table), False
+    except OSError as e:
+        print(f"kcovx run: writing the outputs failed: {e}", file=err)
+        return len(pcs.blocks()), True
+
+
 def _cannot_start(target: str, module: bool, output: str, table: str) -> str | None:
     """Why the program cannot be run (checked before it is), or None."""
     if module:
@@ -337,8 +348,8 @@ def run(
     """Run ``target`` (a script path, or a module name with ``module=True``) instrumented and
     traced, recording into the cover file ``output``; write the PC table to ``table``; print
     the summary to ``err``.  The defaults of the command line are ``kcovx.cli.DEFAULTS``.
-    Returns the program's exit status (see the module docstring for
-    SIGTERM and forked children); 2 when the program could not be started."""
+    Returns the program's exit status (see the module docstring for SIGTERM and forked
+    children); 2 when the program could not be started."""
     err = err if err is not None else sys.stderr
     problem = _cannot_start(target, module, output, table)
     if problem is not None:
@@ -351,7 +362,11 @@ def run(
     )
     # Absolute: the program may change the working directory before the outputs are written.
     output_path, table_path = os.path.abspath(output), os.path.abspath(table)
-    unit = None if module else _script_unit(target)
+    try:
+        unit = None if module else _script_unit(target)
+    except SyntaxError as e:  # as python reports a script it cannot compile
+        traceback.print_exception(type(e), e, None, file=err)
+        return 1
     kc = kcovx.open(profile=profile, path=output_path)
     term = _Sigterm()
     pid = os.getpid()
@@ -381,14 +396,7 @@ def run(
     finally:
         if os.getpid() == pid and not kc.closed:
             kc.close()
-    failed = False
-    try:
-        cover.trim_area_file(output_path, count)
-        table_blocks = pcs.write_pcs_table(table_path)
-    except OSError as e:
-        print(f"kcovx run: writing the outputs failed: {e}", file=err)
-        table_blocks = len(pcs.blocks())
-        failed = True
+    table_blocks, failed = _write_outputs(output_path, count, table_path, err)
     summary = summarize(
         recorded,
         profile=profile,

@@ -518,7 +518,7 @@ def test_run_pytest_names_the_modules_it_could_not_instrument(tmp_path: Path) ->
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed" in r.stdout
-    line = [x for x in r.stderr.splitlines() if "loaded by another loader" in x]
+    line = [x for x in r.stderr.splitlines() if "not loaded through kcovx's import hook" in x]
     assert len(line) == 1, r.stderr
     assert "1 matching modules" in line[0] and line[0].endswith(": test_util")
     # util, imported by the test module, is instrumented all the same.
@@ -535,3 +535,14 @@ def test_run_outputs_stay_where_they_were_named_when_the_program_changes_directo
     assert os.listdir(project / "elsewhere") == []
     pcs = read_cover(str(project / "kcovx.cover"))
     assert symbolized_files(project, pcs) == {"mover.py"}
+
+
+def test_run_script_with_a_syntax_error_is_reported_as_python_does(project: Path) -> None:
+    (project / "broken.py").write_text("x = 1\nif x\n    pass\n")
+    r = kcovx_cli("run", "broken.py", cwd=project)
+    plain = subprocess.run(
+        [sys.executable, "broken.py"], cwd=project, capture_output=True, text=True, check=False
+    )
+    assert r.returncode == plain.returncode == 1
+    assert "SyntaxError" in r.stderr and "kcovx" not in r.stderr.replace("kcovx run", "")
+    assert r.stderr.splitlines()[-1] == plain.stderr.splitlines()[-1]
