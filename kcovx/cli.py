@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Final, TextIO
 
 import kcovx
@@ -119,22 +119,21 @@ def demo(profile: str, size: int, out: TextIO | None = None) -> int:
 # -- symbolize ----------------------------------------------------------------------------------
 
 
-def _pc_lines(inp: BinaryIO, err: TextIO) -> tuple[list[str], bool]:
-    """The PC tokens of ``inp`` (whitespace-separated, several a line), and whether a line was
-    too long to read (reported on ``err`` and skipped)."""
-    tokens: list[str] = []
-    bad = False
+def _pc_tokens(inp: BinaryIO, err: TextIO) -> Iterator[str]:
+    """The PC tokens of ``inp`` (separated by ASCII blanks, several a line), read a line at a
+    time; a line too long to read is reported on ``err``, skipped, and yields ``""``."""
     while True:
         line = inp.readline(MAX_PC_LINE)
         if not line:
-            return tokens, bad
+            return
         if len(line) == MAX_PC_LINE and not line.endswith(b"\n"):
             while line and not line.endswith(b"\n"):  # skip the rest of it, a piece at a time
                 line = inp.readline(MAX_PC_LINE)
             print(f"kcovx symbolize: a line longer than {MAX_PC_LINE} bytes, skipped", file=err)
-            bad = True
+            yield ""
             continue
-        tokens.extend(t.decode("ascii", "backslashreplace") for t in line.split())
+        for token in line.split():
+            yield token.decode("ascii", "backslashreplace")
 
 
 class _Unusable(Exception):
@@ -179,19 +178,22 @@ def symbolize_main(
     from kcovx.pcs import format_block, parse_pc
 
     status = 0
+    texts: Iterable[str]
     try:
         table = _load_table(table_path)
         if all_blocks:
-            texts = [f"{pc:#x}" for pc in sorted(table)]
+            texts = (f"{pc:#x}" for pc in sorted(table))
         elif cover_path is not None:
-            texts = [f"{pc:#x}" for pc in _cover_pcs(cover_path)]
+            texts = (f"{pc:#x}" for pc in _cover_pcs(cover_path))
         else:
-            texts, too_long = _pc_lines(inp, err)
-            status = 1 if too_long else 0
+            texts = _pc_tokens(inp, err)  # streamed: memory does not grow with the input
     except _Unusable as e:
         print(f"kcovx symbolize: {e}", file=err)
         return 2
     for text in texts:
+        if not text:  # a line too long, already reported
+            status = 1
+            continue
         pc = parse_pc(text)
         if pc is None:
             hint = "; od collapsed repeated lines: use od -v" if text == "*" else ""
