@@ -243,7 +243,7 @@ def _reserve(path: str, nbytes: int) -> None:
         os.posix_fallocate(fd, 0, nbytes)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
+            raise OSError(e.errno, f"no room for {nbytes} bytes ({e.strerror})", path) from None
     finally:
         os.close(fd)
 
@@ -371,11 +371,14 @@ def run(
     term = _Sigterm()
     pid = os.getpid()
     try:
-        kc.init_trace(size)
-        kc.mmap()  # gvisor allocates the area (the file) here; the view itself is not needed
+        try:
+            kc.init_trace(size)
+            kc.mmap()  # gvisor allocates the area (the file) here; the view is not needed
+            _reserve(output_path, size * 8)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot make the area file: {e.strerror}", output) from None
         area = kc.area
         assert area is not None
-        _reserve(output_path, size * 8)
         hook.install()
         in_place = _instrument_loaded(hook)
         pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran

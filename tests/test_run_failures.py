@@ -10,7 +10,9 @@ subprocess.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -153,3 +155,46 @@ def test_cover_file_of_a_clean_exit_is_count_and_pcs(tmp_path: Path) -> None:
     count = int.from_bytes(data[:8], "little")
     assert count >= 2 and len(data) == 8 * (1 + count)
     assert os.stat(tmp_path / "kcovx.cover").st_size == len(data)
+
+
+def test_no_room_for_the_area_stops_before_the_program(tmp_path: Path) -> None:
+    # A file size limit stands in for a full disk: reserving the area's 8 MiB fails up front
+    # (EFBIG) instead of the program dying of SIGBUS when it first writes past the limit.
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    (tmp_path / "marker.py").write_text("open('ran', 'w').close()\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "kcovx", "run", "--profile", "linux", "marker.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=limit_file_size,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines == [
+        "kcovx run: [Errno 27] cannot make the area file: File too large: 'kcovx.cover'"
+    ]
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_full_disk_is_found_when_the_area_is_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sparse area file on a full disk would fault (SIGBUS) at the first write to a page
+    # that has no block: run reserves the blocks first, and ENOSPC is a clear error.
+    from kcovx import run
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    path = tmp_path / "area"
+    path.write_bytes(b"")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="no room for 4096 bytes") as info:
+        run._reserve(str(path), 4096)
+    assert info.value.errno == errno.ENOSPC
