@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Final, TextIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Final, TextIO, TypeVar
 
 import kcovx
 from kcovx.device import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
 
-if TYPE_CHECKING:
-    from kcovx.pcs import Block
+_T = TypeVar("_T")
 
 COMMANDS: Final = ("run", "symbolize", "demo")
 
@@ -140,28 +139,15 @@ class _Unusable(Exception):
     """A table or cover file symbolize cannot use: the one line to print, then status 2."""
 
 
-def _load_table(path: str | None) -> dict[int, Block]:
-    from kcovx import pcs
-
-    name = path or DEFAULTS.pcs_table
+def _read(load: Callable[[str], _T], path: str, what: str, missing: str = "") -> _T:
+    """load(path), with any problem of the file turned into the one line to print."""
     try:
-        return pcs.load_pcs_table(name)
+        return load(path)
     except FileNotFoundError:
-        raise _Unusable(f"no PC table {name!r} (kcovx run writes one; see --pcs-table)") from None
+        raise _Unusable(f"no {what} {path!r}{missing}") from None
     except OSError as e:
-        raise _Unusable(f"PC table {name!r}: {e.strerror}") from None
-    except ValueError as e:  # PCsTableError
-        raise _Unusable(str(e)) from None
-
-
-def _cover_pcs(path: str) -> list[int]:
-    from kcovx import cover
-
-    try:
-        return cover.read_cover(path).tolist()
-    except OSError as e:
-        raise _Unusable(f"cover file {path!r}: {e.strerror}") from None
-    except ValueError as e:  # CoverFileError
+        raise _Unusable(f"{what} {path!r}: {e.strerror}") from None
+    except ValueError as e:  # PCsTableError, CoverFileError: the message names the file
         raise _Unusable(str(e)) from None
 
 
@@ -175,16 +161,18 @@ def symbolize_main(
     err: TextIO,
 ) -> int:
     """``kcovx symbolize``: see the module docstring for what is read and the statuses."""
-    from kcovx.pcs import format_block, parse_pc
+    from kcovx.cover import read_cover
+    from kcovx.pcs import format_block, load_pcs_table, parse_pc
 
     status = 0
     texts: Iterable[str]
     try:
-        table = _load_table(table_path)
+        hint = " (kcovx run writes one; see --pcs-table)"
+        table = _read(load_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
         if all_blocks:
             texts = (f"{pc:#x}" for pc in sorted(table))
         elif cover_path is not None:
-            texts = (f"{pc:#x}" for pc in _cover_pcs(cover_path))
+            texts = (f"{pc:#x}" for pc in _read(read_cover, cover_path, "cover file"))
         else:
             texts = _pc_tokens(inp, err)  # streamed: memory does not grow with the input
     except _Unusable as e:
