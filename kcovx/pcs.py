@@ -17,17 +17,26 @@ unit collision; resolved in registration order) already has it; the next salt is
 block's identity is its module, key, file and source extent: instrumenting the same source
 again yields the same PCs and registers nothing new.
 
+PC table files are written atomically and only over regular files, and read as untrusted
+input (regular files only, at most ``MAX_TABLE_BYTES``, strict UTF-8 and JSON without floats
+or non-finite numbers, every field checked): any problem with a table's content is a
+``PCsTableError`` (a ValueError), a path that cannot be opened or is not a regular file an
+OSError.  json is imported only when a table is read or written.
+
 Threading: the registry is guarded by one lock; lookups are plain dict reads under the GIL.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import threading
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from kcovx._files import read_regular, replace_file
+from kcovx.errors import PCsTableError, UnknownPCError
 
 __all__ = [
     "Block",
@@ -35,6 +44,7 @@ __all__ = [
     "blocks",
     "format_block",
     "load_pcs_table",
+    "parse_pc",
     "symbolize",
     "unit_hash",
     "write_pcs_table",
@@ -42,6 +52,14 @@ __all__ = [
 
 TABLE_FORMAT = "kcovx-pcs-table"
 TABLE_VERSION = 1
+# A table of about 600,000 blocks; the cap bounds a reader's memory (JSON objects take several
+# times their text) whatever file it is handed.
+MAX_TABLE_BYTES = 64 << 20
+
+# A PC as text: hex digits (ASCII only), an optional 0x, at most 64 bits.
+PC_TEXT = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,16})")
+# Line and column numbers in a table.
+_MAX_POSITION = 2**32 - 1
 
 
 class Block(NamedTuple):
@@ -106,13 +124,14 @@ def register(entries: Iterable[tuple[Block, Ident]]) -> set[int]:
 
 
 def symbolize(pc: int) -> Block:
-    """The block of this process whose PC is ``pc``.  LookupError if none is."""
+    """The block of this process whose PC is ``pc``.  UnknownPCError (a LookupError) if none
+    is."""
     if not isinstance(pc, int):
         raise TypeError(f"pc must be an int, not {type(pc).__name__}")
     try:
         return _blocks[pc]
     except KeyError:
-        raise LookupError(f"kcovx: unknown PC {pc:#x}: no instrumented block has it") from None
+        raise UnknownPCError(f"kcovx: unknown PC {pc:#x}: no instrumented block has it") from None
 
 
 def blocks() -> list[Block]:
@@ -129,46 +148,78 @@ def format_block(block: Block) -> str:
     )
 
 
+def parse_pc(text: str) -> int | None:
+    """The PC written as ``text`` (hex digits, optional 0x, up to 16 digits), or None."""
+    m = PC_TEXT.fullmatch(text)
+    return int(m.group(1), 16) if m else None
+
+
 def write_pcs_table(path: str | os.PathLike[str], table: Iterable[Block] | None = None) -> int:
-    """Write the PC table (every known block, or ``table``) to ``path`` as JSON, atomically.
-    Returns the number of blocks written."""
+    """Write the PC table (every known block, or ``table``) to ``path`` as JSON, atomically,
+    replacing only a regular file.  Returns the number of blocks written."""
+    import json
+
     rows = sorted(blocks() if table is None else table)
     doc = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,
         "blocks": [[f"{b.pc:#018x}", *b[1:]] for b in rows],
     }
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(doc, separators=(",", ":")) + "\n"  # ASCII: non-ASCII is escaped
+    replace_file(os.fsdecode(os.fspath(path)), text.encode("ascii"))
     return len(rows)
 
 
+def _no_float(text: str) -> Any:
+    raise ValueError(f"the number {text[:40]} is not an integer")
+
+
+def _checked_block(row: object) -> Block:
+    if not isinstance(row, list) or len(row) != len(Block._fields):
+        raise ValueError(f"a block is a list of {len(Block._fields)} fields, not {row!r:.80}")
+    pc_s, file, function, *position = row
+    pc = parse_pc(pc_s) if isinstance(pc_s, str) else None
+    if pc is None:
+        raise ValueError(f"PC {pc_s!r:.80} is not a hex number")
+    for text in (file, function):
+        if not isinstance(text, str):
+            raise ValueError(f"file and function are strings, not {text!r:.80}")
+        text.encode("utf-8", "surrogateescape")  # a file name os could have given
+    for n in position:
+        if type(n) is not int or not 0 <= n <= _MAX_POSITION:
+            raise ValueError(f"line and column are integers in [0, 2**32), not {n!r:.80}")
+    return Block(pc, file, function, *position)
+
+
 def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
-    """Read a table written by ``write_pcs_table``.  ValueError if it is not one."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{os.fspath(path)}: not a kcovx PC table ({e})") from None
+    """Read a table written by ``write_pcs_table``.  PCsTableError if it is not one; OSError if
+    the path cannot be opened or is not a regular file."""
+    import json
+
+    name = os.fsdecode(os.fspath(path))
+    try:
+        data = read_regular(name, MAX_TABLE_BYTES)
+        text = data.decode("utf-8")
+        doc = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+    except RecursionError:
+        raise PCsTableError(f"{name}: not a kcovx PC table (nested too deeply)") from None
+    except ValueError as e:  # too large, not UTF-8, not JSON, a float or a huge integer
+        raise PCsTableError(f"{name}: not a kcovx PC table ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
-        raise ValueError(f"{os.fspath(path)}: not a kcovx PC table")
+        raise PCsTableError(f"{name}: not a kcovx PC table")
     if doc.get("version") != TABLE_VERSION:
-        raise ValueError(
-            f"{os.fspath(path)}: PC table version {doc.get('version')!r}, "
+        raise PCsTableError(
+            f"{name}: PC table version {doc.get('version')!r:.40}, "
             f"this kcovx reads version {TABLE_VERSION}"
         )
+    rows = doc.get("blocks")
+    if not isinstance(rows, list):
+        raise PCsTableError(f"{name}: malformed PC table (no list of blocks)")
     out: dict[int, Block] = {}
-    try:
-        for row in doc["blocks"]:
-            pc_s, file, function, sl, sc, el, ec = row
-            block = Block(
-                int(pc_s, 16), str(file), str(function), int(sl), int(sc), int(el), int(ec)
-            )
-            out[block.pc] = block
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{os.fspath(path)}: malformed PC table ({e})") from None
+    for i, row in enumerate(rows):
+        try:
+            block = _checked_block(row)
+        except ValueError as e:
+            raise PCsTableError(f"{name}: malformed PC table (block {i}: {e})") from None
+        out[block.pc] = block
     return out

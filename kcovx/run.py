@@ -1,38 +1,59 @@
 """``kcovx run``: run a Python program with its code instrumented and kcov enabled on its main
-thread, then write the area and the PC table and print a summary.
+thread, recording into the cover file from the start; write the PC table; print a summary.
 
 Owns: running a script or ``-m`` module as ``__main__`` (sys.argv, sys.path[0], sys.modules),
-the device for the run, the output files and the summary.  The program runs in this process
-and on this (the main) thread, which is the device's owner; other threads it starts record
-only in the gvisor profile (coverage there is global).
+the device for the run, the output files, SIGTERM while the program runs, and the summary.
+The program runs in this process and on this (the main) thread, which is the device's owner;
+other threads it starts record only in the gvisor profile (coverage there is global).
 
-The output file holds the area as kcov leaves it: word 0 (the count) and the PCs after it,
-little-endian u64, ``1 + count`` words.  The PC table is the JSON file ``kcovx symbolize``
-reads.  The summary goes to stderr so the program's own stdout is untouched.
+What is on disk when (the failure model of ``kcovx run``):
+
+- Both output locations are checked before the program runs (their folder takes a new file,
+  and what is at the path is a regular file or nothing); otherwise status 2, program not run.
+- The cover file (``--output``) is the device's own area file (``path=``), created before the
+  program runs with its blocks reserved on disk, so a full disk is found then, not as a fault
+  in the middle of the run.  The linux profile appends each PC to it as the block runs, so
+  whatever ran before the process died (SIGKILL, ``os._exit``, a crash) is in it.  The gvisor
+  profile moves PCs into it only through task work, which ``kcovx run`` runs at exit and on
+  SIGTERM: a gvisor run that dies otherwise leaves a file whose count is 0.  A file left by a
+  process that died is the whole area (``cover.read_cover`` reads it); at exit it is cut to
+  ``1 + count`` words.
+- The PC table (``--pcs-table``) is written before the program runs (the blocks of the script
+  and of modules already loaded) and again at exit with every block instrumented meanwhile.
+- SIGTERM (when the program has not set a handler of its own) is handled like an exit: the
+  program's ``finally`` blocks run, then the outputs are written, then the process ends by
+  SIGTERM's default action, so the parent sees a death by SIGTERM (status 143 in a shell).
+- A forked child of the program that returns from it exits with the program's status and
+  writes nothing: the outputs belong to the process that ``kcovx run`` started.
+
+The summary goes to stderr so the program's own stdout is untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 import runpy
+import signal
 import sys
+import threading
 import traceback
 import types
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
-import numpy as np
-
 import kcovx
-from kcovx import instrument, pcs
+from kcovx import cover, instrument, pcs
+from kcovx._files import check_writable
+from kcovx.cover import read_cover
 
-DEFAULT_OUTPUT = "kcovx.cover"
-DEFAULT_TABLE = "kcovx.pcs"
-DEFAULT_SIZE = 1 << 20
+__all__ = ["Summary", "read_cover", "run", "summarize"]
+
+_KCOVX_DIR = os.path.dirname(os.path.abspath(kcovx.__file__)) + os.sep
 
 
 @dataclass
@@ -46,6 +67,8 @@ class Summary:
     output: str
     table: str
     table_blocks: int
+    # Matching modules loaded around kcovx's hook (pytest's assertion rewriting): not instrumented.
+    foreign: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         lines = [
@@ -56,11 +79,58 @@ class Summary:
         for file, covered, known in self.files[:5]:
             pct = 100.0 * covered / known if known else 0.0
             lines.append(f"  {covered:6d}/{known:<6d} blocks {pct:5.1f}%  {file}")
+        if self.foreign:
+            names = ", ".join(self.foreign[:5]) + (", ..." if len(self.foreign) > 5 else "")
+            lines.append(
+                f"  {len(self.foreign)} matching modules were not loaded through kcovx's import "
+                f"hook (pytest's assertion rewriting loads test modules itself) and are not "
+                f"instrumented: {names}"
+            )
         lines.append(
             f"  area -> {self.output} ({self.recorded + 1} words); "
             f"PC table -> {self.table} ({self.table_blocks} blocks)"
         )
         return "\n".join(lines)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread while the program runs (as SystemExit would be)."""
+
+
+class _Sigterm:
+    """SIGTERM handled like an exit: raises ``_Terminated`` while the program runs, is only
+    remembered afterwards (the outputs are being written), and is re-delivered with its
+    default action by ``finish``.  Installed only on the main thread and only over SIG_DFL: a
+    handler or SIG_IGN set by whoever started us is left alone."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.raising = False
+        self._old: object = None
+
+    def install(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        self.received = True
+        if self.raising:
+            self.raising = False
+            raise _Terminated
+
+    def finish(self, status: int) -> int:
+        """Restore the old disposition; end by SIGTERM if one came, else return status."""
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._old = None
+        if not self.received:
+            return status
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 128 + signal.SIGTERM  # not reached unless SIGTERM is blocked
 
 
 @contextlib.contextmanager
@@ -84,11 +154,14 @@ def _as_main(argv0: str, args: Sequence[str], path0: str | None) -> Iterator[Non
             sys.modules["__main__"] = saved_main
 
 
-def _run_script(path: str, args: Sequence[str]) -> None:
+def _script_unit(path: str) -> instrument.Unit:
     with open(path, "rb") as f:
         source = f.read()
+    return instrument.instrument_source(source, os.path.abspath(path), "__main__")
+
+
+def _run_script(path: str, unit: instrument.Unit, args: Sequence[str]) -> None:
     filename = os.path.abspath(path)
-    unit = instrument.instrument_source(source, filename, "__main__")
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=filename, __builtins__=__builtins__, __cached__=None)
     with _as_main(path, args, os.path.dirname(filename)):
@@ -109,17 +182,35 @@ def _run_module(name: str, args: Sequence[str]) -> None:
         runpy.run_module(name, run_name="__main__", alter_sys=True, init_globals=init)
 
 
-def _instrument_loaded(hook: instrument.ImportHook) -> None:
-    """Modules kcovx itself had imported before the program started (json, argparse, ...)
-    are not imported again: instrument the matching ones in place."""
+def _source_modules(hook: instrument.ImportHook) -> Iterator[tuple[str, types.ModuleType]]:
+    """The modules in sys.modules, other than __main__, loaded from a .py file that matches."""
     for name, mod in list(sys.modules.items()):
         file = getattr(mod, "__file__", None)
-        if not isinstance(mod, types.ModuleType) or not file or not file.endswith(".py"):
+        if not isinstance(mod, types.ModuleType) or not isinstance(file, str):
             continue
-        if name == "__main__" or not hook.matches(name, file):
-            continue
+        if file.endswith(".py") and name != "__main__" and hook.matches(name, file):
+            yield name, mod
+
+
+def _instrument_loaded(hook: instrument.ImportHook) -> set[str]:
+    """Modules kcovx itself had imported before the program started (json, argparse, ...)
+    are not imported again: instrument the matching ones in place.  Returns their names."""
+    done = set()
+    for name, mod in _source_modules(hook):
         with contextlib.suppress(OSError, ValueError, SyntaxError):
             instrument.instrument_module(mod)
+            done.add(name)
+    return done
+
+
+def _foreign(hook: instrument.ImportHook, in_place: set[str]) -> list[str]:
+    """Matching modules that were neither loaded by our hook nor instrumented in place."""
+    out = []
+    for name, mod in _source_modules(hook):
+        loader = getattr(getattr(mod, "__spec__", None), "loader", None)
+        if name not in in_place and not isinstance(loader, instrument.InstrumentingLoader):
+            out.append(name)
+    return sorted(out)
 
 
 def _exit_status(exc: SystemExit) -> int:
@@ -133,18 +224,41 @@ def _exit_status(exc: SystemExit) -> int:
 
 
 def _strip_own_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    here = {os.path.abspath(__file__), os.path.abspath(runpy.__file__)}
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in here:
-        tb = tb.tb_next
-    while tb is not None and tb.tb_frame.f_code.co_filename == instrument.__file__:
+    """The traceback without its leading frames of kcovx and runpy, as python prints it."""
+    runpy_file = os.path.abspath(runpy.__file__)
+    while tb is not None:
+        file = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not file.startswith(_KCOVX_DIR) and file != runpy_file:
+            break
         tb = tb.tb_next
     return tb
 
 
+def _reserve(path: str, nbytes: int) -> None:
+    """Allocate the area file's blocks now: on a full disk, writing to a mapped sparse file
+    faults (SIGBUS) where this fails with ENOSPC.  File systems without the call keep a sparse
+    file."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(e.errno, f"no room for {nbytes} bytes ({e.strerror})", path) from None
+    finally:
+        os.close(fd)
+
+
 def summarize(
-    pcs_read: np.ndarray, *, profile: str, size: int, output: str, table: str, table_blocks: int
+    pcs_read: Sequence[int],
+    *,
+    profile: str,
+    size: int,
+    output: str,
+    table: str,
+    table_blocks: int,
+    foreign: Sequence[str] = (),
 ) -> Summary:
-    unique = set(pcs_read.tolist())
+    unique = set(pcs_read)
     known: Counter[str] = Counter(b.file for b in pcs.blocks())
     covered: Counter[str] = Counter()
     for pc in unique:
@@ -153,8 +267,69 @@ def summarize(
     files = sorted(((f, n, known[f]) for f, n in covered.items()), key=lambda t: (-t[1], t[0]))
     clipped = len(pcs_read) >= size - 1
     return Summary(
-        profile, size, len(pcs_read), len(unique), clipped, files, output, table, table_blocks
+        profile,
+        size,
+        len(pcs_read),
+        len(unique),
+        clipped,
+        files,
+        output,
+        table,
+        table_blocks,
+        list(foreign),
     )
+
+
+def _execute(
+    target: str, unit: instrument.Unit | None, args: Sequence[str], term: _Sigterm, err: TextIO
+) -> int:
+    """Run the program; its exit status, with uncaught exceptions printed as python would."""
+    term.raising = True
+    try:
+        if unit is None:
+            _run_module(target, args)
+        else:
+            _run_script(target, unit, args)
+    except SystemExit as e:
+        return _exit_status(e)
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None, file=err)
+        return 130
+    except BaseException as e:  # the program's own uncaught exception, as python prints it
+        traceback.print_exception(type(e), e, _strip_own_frames(e.__traceback__), file=err)
+        return 1
+    finally:
+        term.raising = False
+    return 0
+
+
+def _write_outputs(output: str, count: int, table: str, err: TextIO) -> tuple[int, bool]:
+    """Cut the cover file to its PCs and write the PC table: (blocks in it, whether it failed)."""
+    try:
+        cover.trim_area_file(output, count)
+        return pcs.write_pcs_table(table), False
+    except OSError as e:
+        print(f"kcovx run: writing the outputs failed: {e}", file=err)
+        return len(pcs.blocks()), True
+
+
+def _cannot_start(target: str, module: bool, output: str, table: str) -> str | None:
+    """Why the program cannot be run (checked before it is), or None."""
+    if module:
+        if importlib.util.find_spec(target.split(".", maxsplit=1)[0]) is None:
+            return f"no module named {target!r}"
+    elif not os.path.isfile(target):
+        return f"can't open file {target!r}"
+    if os.path.abspath(output) == os.path.abspath(table):
+        return f"--output and --pcs-table are the same file {output!r}"
+    for option, path in (("--output", output), ("--pcs-table", table)):
+        try:
+            check_writable(path)
+        except OSError as e:
+            return f"cannot write {option} {path!r}: {e.strerror or e}"
+    return None
 
 
 def run(
@@ -162,73 +337,77 @@ def run(
     args: Sequence[str],
     *,
     module: bool = False,
-    profile: str = "gvisor",
-    size: int = DEFAULT_SIZE,
+    profile: str,
+    size: int,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-    output: str = DEFAULT_OUTPUT,
-    table: str = DEFAULT_TABLE,
+    output: str,
+    table: str,
     err: TextIO | None = None,
 ) -> int:
     """Run ``target`` (a script path, or a module name with ``module=True``) instrumented and
-    traced; write the area to ``output`` and the PC table to ``table``; print the summary to
-    ``err``.  Returns the program's exit status."""
+    traced, recording into the cover file ``output``; write the PC table to ``table``; print
+    the summary to ``err``.  The defaults of the command line are ``kcovx.cli.DEFAULTS``.
+    Returns the program's exit status (see the module docstring for SIGTERM and forked
+    children); 2 when the program could not be started."""
     err = err if err is not None else sys.stderr
-    if module:
-        if importlib.util.find_spec(target.split(".", maxsplit=1)[0]) is None:
-            print(f"kcovx run: no module named {target!r}", file=err)
-            return 2
-    elif not os.path.isfile(target):
-        print(f"kcovx run: can't open file {target!r}", file=err)
+    problem = _cannot_start(target, module, output, table)
+    if problem is not None:
+        print(f"kcovx run: {problem}", file=err)
         return 2
     hook = instrument.ImportHook(
         include=list(include) if include else None,
         exclude=list(exclude),
         always=[target] if module else [],
     )
-    status = 0
-    kc = kcovx.open(profile=profile)
+    # Absolute: the program may change the working directory before the outputs are written.
+    output_path, table_path = os.path.abspath(output), os.path.abspath(table)
     try:
-        kc.init_trace(size)
-        area = kc.mmap()
+        unit = None if module else _script_unit(target)
+    except SyntaxError as e:  # as python reports a script it cannot compile
+        traceback.print_exception(type(e), e, None, file=err)
+        return 1
+    kc = kcovx.open(profile=profile, path=output_path)
+    term = _Sigterm()
+    pid = os.getpid()
+    try:
+        try:
+            kc.init_trace(size)
+            kc.mmap()  # gvisor allocates the area (the file) here; the view is not needed
+            _reserve(output_path, size * 8)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot make the area file: {e.strerror}", output) from None
+        area = kc.area
+        assert area is not None
         hook.install()
-        _instrument_loaded(hook)
+        in_place = _instrument_loaded(hook)
+        pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran
+        term.install()
         kc.enable()
         try:
-            if module:
-                _run_module(target, args)
-            else:
-                _run_script(target, args)
-        except SystemExit as e:
-            status = _exit_status(e)
-        except KeyboardInterrupt:
-            status = 130
-            traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None, file=err)
-        except BaseException as e:  # the program's own uncaught exception, as python prints it
-            status = 1
-            traceback.print_exception(type(e), e, _strip_own_frames(e.__traceback__), file=err)
+            status = _execute(target, unit, args, term, err)
         finally:
             hook.remove()
-            kc.flush()
-            kc.disable()
-        n = int(area[0])
-        words = np.array(area[: n + 1], dtype="<u8")
+        if os.getpid() != pid:
+            return term.finish(status)  # a forked child of the program: nothing of ours to do
+        kc.flush()
+        kc.disable()
+        count = min(area.count, size - 1)
+        with memoryview(area) as raw, raw.cast("B") as b, b.cast("Q") as words:
+            recorded: list[int] = words[1 : 1 + count].tolist()
+        del area  # the mapping goes before the file is cut
     finally:
-        if not kc.closed:
+        if os.getpid() == pid and not kc.closed:
             kc.close()
-    with open(output, "wb") as f:
-        f.write(words.tobytes())
-    table_blocks = pcs.write_pcs_table(table)
+    table_blocks, failed = _write_outputs(output_path, count, table_path, err)
     summary = summarize(
-        words[1:], profile=profile, size=size, output=output, table=table, table_blocks=table_blocks
+        recorded,
+        profile=profile,
+        size=size,
+        output=output,
+        table=table,
+        table_blocks=table_blocks,
+        foreign=_foreign(hook, in_place),
     )
     print(summary.format(), file=err)
-    return status
-
-
-def read_cover(path: str) -> np.ndarray:
-    """The PCs of an output file written by ``kcovx run`` (count word checked)."""
-    data = np.fromfile(path, dtype="<u8")
-    if len(data) == 0 or int(data[0]) != len(data) - 1:
-        raise ValueError(f"{path}: not a kcov area dump (count word does not match its length)")
-    return data[1:]
+    return term.finish(2 if failed and status == 0 else status)

@@ -6,7 +6,10 @@ PCs, missing or corrupt tables).  Every command runs in a subprocess, as a user 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -243,3 +246,303 @@ def test_symbolize_without_a_table(tmp_path: Path) -> None:
 def test_unknown_command(tmp_path: Path) -> None:
     r = kcovx_cli("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
+
+
+# -- the command line's shape (issue 7 item 15) -------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [[], ["--help"]])
+def test_no_command_and_help_list_the_subcommands(tmp_path: Path, args: list[str]) -> None:
+    r = kcovx_cli(*args, cwd=tmp_path)
+    assert r.returncode == (0 if args else 2)
+    text = r.stdout + r.stderr
+    for command in ("run", "symbolize", "demo"):
+        assert re.search(rf"^\s+{command}\b", text, re.M), text
+    assert "input b''" not in text  # the demo did not run
+
+
+def test_demo_is_a_subcommand(tmp_path: Path) -> None:
+    r = kcovx_cli("demo", "--profile", "linux", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "ok"
+    r = kcovx_cli("demo", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "--profile" in r.stdout
+
+
+# -- sizes in words (issue 7 item 14) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--size", "1000"], ["multiple of 512 words", "from 512 to 10485760", "try 512 or 1024"]),
+        (["--size", "100"], ["multiple of 512 words", "try 512"]),
+        (["--size", str(1 << 30)], ["from 512 to 10485760", "try 10485760"]),
+        (["--profile", "linux", "--size", "1"], ["linux profile needs 2 to 268435455", "try 2"]),
+        (["--profile", "linux", "--size", str(1 << 40)], ["try 268435455"]),
+    ],
+)
+def test_run_size_errors_say_the_rule(project: Path, args: list[str], words: list[str]) -> None:
+    (project / "marker.py").write_text("open('ran', 'w').close()\n")
+    r = kcovx_cli("run", *args, "marker.py", cwd=project)
+    assert r.returncode == 2
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert "[Errno" not in r.stderr and "Traceback" not in r.stderr
+    assert not (project / "ran").exists()
+
+
+def test_demo_size_errors_say_the_rule(tmp_path: Path) -> None:
+    r = kcovx_cli("demo", "--size", "1000", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "multiple of 512 words" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- outputs checked before the program runs (issue 7 item 11) ----------------------------------
+
+
+@pytest.mark.parametrize("option", ["--output", "--pcs-table"])
+@pytest.mark.parametrize("where", ["missing-folder", "folder-is-a-file", "fifo", "directory"])
+def test_run_unwritable_outputs_stop_before_the_program(
+    project: Path, option: str, where: str
+) -> None:
+    (project / "marker.py").write_text("open('ran', 'w').close()\n")
+    (project / "plain").write_text("")
+    (project / "dir").mkdir()
+    os.mkfifo(project / "fifo")
+    path = {
+        "missing-folder": "/nonexistent-kcovx/x.out",
+        "folder-is-a-file": "plain/x.out",
+        "fifo": "fifo",
+        "directory": "dir",
+    }[where]
+    r = kcovx_cli("run", option, path, "marker.py", cwd=project)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kcovx run: cannot write {option} "), lines
+    assert not (project / "ran").exists()  # the program did not run
+    assert stat.S_ISFIFO(os.lstat(project / "fifo").st_mode)  # left as it was
+    assert (project / "dir").is_dir()
+
+
+def test_run_output_and_table_must_differ(project: Path) -> None:
+    r = kcovx_cli("run", "--output", "same", "--pcs-table", "same", "prog.py", cwd=project)
+    assert r.returncode == 2 and "same file" in r.stderr
+
+
+# -- forked children (issue 7 item 8) ------------------------------------------------------------
+
+FORKER = textwrap.dedent(
+    """\
+    import os, sys
+    import helper
+
+    def child_work():
+        helper.classify(1)
+
+    pid = os.fork()
+    if pid == 0:
+        child_work()
+        if sys.argv[1:] == ["exit7"]:
+            sys.exit(7)
+        # otherwise the child returns from the script normally
+    else:
+        _, st = os.waitpid(pid, 0)
+        print("child status", os.waitstatus_to_exitcode(st), flush=True)
+        helper.classify(-1)
+    """
+)
+
+
+@pytest.mark.parametrize(("profile", "arg", "want"), [("gvisor", "", 0), ("linux", "exit7", 7)])
+def test_run_forked_child_exits_with_the_programs_status(
+    project: Path, profile: str, arg: str, want: int
+) -> None:
+    (project / "forker.py").write_text(FORKER)
+    r = kcovx_cli("run", "--profile", profile, "forker.py", *([arg] if arg else []), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"child status {want}\n"
+    assert "Errno" not in r.stderr
+    # One summary, from the parent; the cover file is the parent's.
+    assert r.stderr.count("PCs recorded") == 1, r.stderr
+    pcs = read_cover(str(project / "kcovx.cover"))
+    assert f"{len(pcs)} PCs recorded" in r.stderr
+    assert "helper.py" in symbolized_files(project, np.array(pcs, dtype=np.uint64))
+
+
+# -- symbolize: PCs (issue 7 item 13) ------------------------------------------------------------
+
+
+def _hand_table(path: Path, file: str = "/src/m.py") -> None:
+    blocks = [["0x0000000000001000", file, "f", 1, 1, 2, 5]]
+    path.write_text(json.dumps({"format": "kcovx-pcs-table", "version": 1, "blocks": blocks}))
+
+
+@pytest.mark.parametrize(
+    "text", ["0x0x1000", "10_00", "\uff11\uff10\uff10\uff10", "+1000", "0x", " 0X-1000", "1000h"]
+)
+def test_symbolize_accepts_only_hex_digits(tmp_path: Path, text: str) -> None:
+    _hand_table(tmp_path / "kcovx.pcs")
+    r = kcovx_cli("symbolize", cwd=tmp_path, stdin=f"0x1000\n{text}\n")
+    assert r.returncode == 1
+    assert r.stdout == "0x1000\n/src/m.py:1.1,2.5\n"  # only the well-formed one
+    assert "malformed PC" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_symbolize_several_pcs_a_line_as_od_prints_them(project: Path) -> None:
+    assert kcovx_cli("run", "prog.py", "1", "-2", cwd=project).returncode == 0
+    pcs = read_cover(str(project / "kcovx.cover")).tolist()
+    assert len(pcs) >= 4
+    od = subprocess.run(
+        ["od", "-An", "-v", "-tx8", "-j8", "kcovx.cover"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(od.splitlines()) < len(pcs)  # two words a line
+    by_od = kcovx_cli("symbolize", cwd=project, stdin=od)
+    one_a_line = kcovx_cli("symbolize", cwd=project, stdin="".join(f"{pc:x}\n" for pc in pcs))
+    by_cover = kcovx_cli("symbolize", "--cover", "kcovx.cover", cwd=project)
+    assert by_od.returncode == one_a_line.returncode == by_cover.returncode == 0
+    assert by_od.stdout == one_a_line.stdout == by_cover.stdout
+    assert by_cover.stdout.splitlines()[::2] == [f"{pc:#x}" for pc in pcs]
+
+
+def test_symbolize_od_star_is_explained(tmp_path: Path) -> None:
+    _hand_table(tmp_path / "kcovx.pcs")
+    r = kcovx_cli("symbolize", cwd=tmp_path, stdin="0000000000001000 0000000000001000\n*\n")
+    assert r.returncode == 1 and "use od -v" in r.stderr
+
+
+def test_symbolize_invalid_utf8_and_long_lines_on_stdin(tmp_path: Path) -> None:
+    _hand_table(tmp_path / "kcovx.pcs")
+    data = b"0x1000\n\xff\xfe\x80\n" + b"1" * 200_000 + b"\n0x1000\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "kcovx", "symbolize"],
+        cwd=tmp_path,
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert r.stdout == b"0x1000\n/src/m.py:1.1,2.5\n" * 2
+    assert b"Traceback" not in r.stderr and b"malformed PC" in r.stderr
+    assert b"longer than" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "case", ["fifo", "dev-zero", "directory", "too-large", "missing-cover", "bad-cover"]
+)
+def test_symbolize_cover_and_table_files_that_are_not(tmp_path: Path, case: str) -> None:
+    _hand_table(tmp_path / "kcovx.pcs")
+    args: list[str] = []
+    if case == "fifo":
+        os.mkfifo(tmp_path / "t.pcs")
+        args = ["--pcs-table", "t.pcs"]
+    elif case == "dev-zero":
+        args = ["--pcs-table", "/dev/zero"]  # opened read-only, never written
+    elif case == "directory":
+        args = ["--pcs-table", str(tmp_path)]
+    elif case == "too-large":
+        with open(tmp_path / "t.pcs", "wb") as f:
+            f.truncate(65 << 20)  # sparse: no memory or disk spent
+        args = ["--pcs-table", "t.pcs"]
+    elif case == "missing-cover":
+        args = ["--cover", "nope.cover"]
+    else:
+        (tmp_path / "bad.cover").write_bytes((5).to_bytes(8, "little") + b"\0" * 16)
+        args = ["--cover", "bad.cover"]
+    r = kcovx_cli("symbolize", *args, cwd=tmp_path, stdin="0x1000\n")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+HEAD = '{"format":"kcovx-pcs-table","version":1,"blocks":'
+BAD_TABLES: dict[str, str | bytes] = {
+    "infinity": HEAD + '[["0x1","f","g",1,1,Infinity,1]]}',
+    "nan": HEAD + '[["0x1","f","g",1,1,NaN,1]]}',
+    "1e999": HEAD + '[["0x1","f","g",1,1,1e999,1]]}',
+    "float": HEAD + '[["0x1","f","g",1,1,2.5,1]]}',
+    "huge-int": HEAD + '[["0x1","f","g",1,1,' + "9" * 5000 + ",1]]}",
+    "bool": HEAD + '[["0x1","f","g",true,1,1,1]]}',
+    "nested": "[" * 200_000 + "]" * 200_000,
+    "nested-in-blocks": HEAD + "[" * 100_000 + "]" * 100_000 + "}",
+    "surrogate": HEAD + '[["0x1","\\ud800.py","g",1,1,1,1]]}',
+    "bad-pc": HEAD + '[["0x0x1","f","g",1,1,1,1]]}',
+    "pc-too-wide": HEAD + '[["0x1' + "0" * 16 + '","f","g",1,1,1,1]]}',
+    "not-utf8": HEAD.encode() + b'[["0x1","\xff","g",1,1,1,1]]}',
+    "blocks-not-a-list": HEAD + '{"a":1}}',
+    "row-not-a-list": HEAD + '["0x1"]}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_symbolize_bad_tables_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
+    content = BAD_TABLES[case]
+    data = content if isinstance(content, bytes) else content.encode()
+    (tmp_path / "kcovx.pcs").write_bytes(data)
+    r = kcovx_cli("symbolize", cwd=tmp_path, stdin="0x1\n")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("kcovx symbolize: ")
+    assert r.stdout == ""
+
+
+def test_symbolize_prints_non_utf8_file_names_as_their_bytes(tmp_path: Path) -> None:
+    _hand_table(tmp_path / "kcovx.pcs", file="/src/caf\udce9.py")  # b"caf\xe9.py" on disk
+    r = subprocess.run(
+        [sys.executable, "-m", "kcovx", "symbolize"],
+        cwd=tmp_path,
+        input=b"1000\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"0x1000\n/src/caf\xe9.py:1.1,2.5\n"
+
+
+# -- pytest's assertion rewriting (issue 7 item 16) ---------------------------------------------
+
+
+def test_run_pytest_names_the_modules_it_could_not_instrument(tmp_path: Path) -> None:
+    (tmp_path / "util.py").write_text("def double(x):\n    return 2 * x\n")
+    (tmp_path / "test_util.py").write_text(
+        "import util\n\ndef test_double():\n    assert util.double(2) == 4\n"
+    )
+    r = kcovx_cli(
+        "run", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_util.py", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout
+    line = [x for x in r.stderr.splitlines() if "not loaded through kcovx's import hook" in x]
+    assert len(line) == 1, r.stderr
+    assert "1 matching modules" in line[0] and line[0].endswith(": test_util")
+    # util, imported by the test module, is instrumented all the same.
+    assert "util.py" in symbolized_files(tmp_path, read_cover(str(tmp_path / "kcovx.cover")))
+
+
+def test_run_outputs_stay_where_they_were_named_when_the_program_changes_directory(
+    project: Path,
+) -> None:
+    (project / "elsewhere").mkdir()
+    (project / "mover.py").write_text("import os\nos.chdir('elsewhere')\nx = 1\n")
+    r = kcovx_cli("run", "mover.py", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(project / "elsewhere") == []
+    pcs = read_cover(str(project / "kcovx.cover"))
+    assert symbolized_files(project, pcs) == {"mover.py"}
+
+
+def test_run_script_with_a_syntax_error_is_reported_as_python_does(project: Path) -> None:
+    (project / "broken.py").write_text("x = 1\nif x\n    pass\n")
+    r = kcovx_cli("run", "broken.py", cwd=project)
+    plain = subprocess.run(
+        [sys.executable, "broken.py"], cwd=project, capture_output=True, text=True, check=False
+    )
+    assert r.returncode == plain.returncode == 1
+    assert "SyntaxError" in r.stderr and "kcovx" not in r.stderr.replace("kcovx run", "")
+    assert r.stderr.splitlines()[-1] == plain.stderr.splitlines()[-1]

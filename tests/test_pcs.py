@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +185,122 @@ def test_pcs_table_roundtrip_and_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"format": "kcovx-pcs-table", "version": 1, "blocks": [[1, 2]]}))
     with pytest.raises(ValueError, match="malformed"):
         kcovx.load_pcs_table(bad)
+
+
+# -- writing only over regular files (issue 7 item 12) ------------------------------------------
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(set(os.listdir(folder)) - keep)
+
+
+def test_write_pcs_table_never_replaces_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "t.pcs"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="FIFO"):
+        kcovx.write_pcs_table(fifo, _blocks_of("pcs_test_fifo"))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert _leftovers(tmp_path, {"t.pcs"}) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_write_pcs_table_never_replaces_a_device_node(tmp_path: Path) -> None:
+    # A node of our own (the null device's numbers) in a temporary folder: the machine's
+    # /dev/null is never touched.
+    node = tmp_path / "null"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with pytest.raises(OSError, match="device"):
+        kcovx.write_pcs_table(node, _blocks_of("pcs_test_node"))
+    assert stat.S_ISCHR(os.lstat(node).st_mode)
+    assert _leftovers(tmp_path, {"null"}) == []
+
+
+def test_write_pcs_table_never_replaces_a_directory_or_symlink(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for name in ("d", "link"):
+        with pytest.raises(OSError, match="not a regular file"):
+            kcovx.write_pcs_table(tmp_path / name, [])
+    assert (tmp_path / "d").is_dir() and (tmp_path / "link").is_symlink()
+    assert (tmp_path / "target").read_text() == "keep"
+    assert _leftovers(tmp_path, {"d", "link", "target"}) == []
+
+
+def test_write_pcs_table_leaves_no_temporary_file_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "t.pcs"
+    path.write_text("old")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        kcovx.write_pcs_table(path, _blocks_of("pcs_test_fail"))
+    monkeypatch.undo()
+    assert path.read_text() == "old"
+    assert _leftovers(tmp_path, {"t.pcs"}) == []
+    # A regular file is replaced, a new one created.
+    assert kcovx.write_pcs_table(path, []) == 0
+    assert kcovx.load_pcs_table(path) == {}
+    assert kcovx.write_pcs_table(tmp_path / "new.pcs", []) == 0
+    assert _leftovers(tmp_path, {"t.pcs", "new.pcs"}) == []
+
+
+# -- reading tables as untrusted input (issue 7 item 13) ----------------------------------------
+
+
+def test_load_pcs_table_errors_are_typed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pcs"
+    bad.write_text("[" * 100_000)
+    with pytest.raises(kcovx.PCsTableError, match="nested too deeply"):
+        kcovx.load_pcs_table(bad)
+    with pytest.raises(kcovx.UnknownPCError):
+        kcovx.symbolize(1)
+    assert issubclass(kcovx.UnknownPCError, LookupError)
+    assert issubclass(kcovx.PCsTableError, ValueError)
+    with pytest.raises(OSError, match="device"):
+        kcovx.load_pcs_table("/dev/zero")  # opened read-only without blocking, then refused
+
+
+def test_pcs_table_fuzz(tmp_path: Path) -> None:
+    """Seeded corruption of a real table: every result is a table of Blocks or a
+    PCsTableError, never another exception, a hang or a large allocation."""
+    blocks = _blocks_of("pcs_test_fuzz")
+    good = tmp_path / "good.pcs"
+    kcovx.write_pcs_table(good, blocks)
+    data = good.read_bytes()
+    rng = random.Random(7)
+    path = tmp_path / "t.pcs"
+    deadline = time.monotonic() + 20
+    outcomes = {"table": 0, "error": 0}
+    trials = 0
+    while trials < 400 and time.monotonic() < deadline:
+        trials += 1
+        buf = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            op = rng.randrange(4)
+            i = rng.randrange(len(buf))
+            if op == 0:
+                buf[i] = rng.randrange(256)
+            elif op == 1:
+                buf[i] = buf[i] ^ (1 << rng.randrange(8))
+            elif op == 2:
+                del buf[i : i + rng.randint(1, 20)]
+            else:
+                snippet = rng.choice([b"1e999", b"NaN", b"[[[[", b'"\\ud800"', b"-1", b"\xff"])
+                buf[i:i] = snippet
+        path.write_bytes(bytes(buf))
+        try:
+            table = kcovx.load_pcs_table(path)
+        except kcovx.PCsTableError:
+            outcomes["error"] += 1
+            continue
+        assert all(isinstance(b, kcovx.Block) and b.pc == pc for pc, b in table.items())
+        for b in table.values():
+            assert 0 <= b.pc < 2**64 and all(type(n) is int for n in b[3:])
+        outcomes["table"] += 1
+    assert trials >= 100
+    assert outcomes["error"] > 0

@@ -1,0 +1,392 @@
+"""The command line: ``kcovx`` (or ``python -m kcovx``) with one of the subcommands
+
+- ``run [--profile P] [--size N] [--include PAT]... [--exclude PAT]... [--output FILE]
+  [--pcs-table FILE] (script.py | -m module) [args...]``: run a program instrumented, with
+  kcov enabled on its main thread, recording into the cover file; write the PC table; print a
+  summary (``kcovx.run``);
+- ``symbolize [--pcs-table FILE] [--cover FILE | --all]``: hex PCs on stdin (any number a line,
+  as ``od`` prints them; ``0x`` optional), or the PCs of a cover file, to ``PC`` +
+  ``file:line.col,line.col`` line pairs on stdout (gVisor's ``runsc symbolize`` format);
+  ``--all`` lists every block of the table;
+- ``demo [--profile P] [--size N]``: the device end to end on a few fixed PCs.
+
+Owns argument parsing, the defaults (``DEFAULTS``, the one place they are written), the size
+rules put in words, and exit statuses: 0 success; run: the program's own status, 2 for usage
+errors and outputs that cannot be written; symbolize: 1 if any PC was malformed or unknown
+(each reported on stderr, the others still printed), 2 for any problem with the table or the
+cover file.  Nothing here prints a traceback for bad input.  Runs on the main thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Final, TextIO, TypeVar
+
+import kcovx
+from kcovx.device import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
+
+_T = TypeVar("_T")
+
+COMMANDS: Final = ("run", "symbolize", "demo")
+
+
+class DEFAULTS:
+    """Every default of the command line, written once."""
+
+    profile: Final = "gvisor"
+    run_size: Final = 1 << 20  # words: 8 MiB, a multiple of the gvisor page rule
+    demo_size: Final = 512
+    output: Final = "kcovx.cover"
+    pcs_table: Final = "kcovx.pcs"
+
+
+# A line of PCs on stdin longer than this is reported and skipped (bounded memory).
+MAX_PC_LINE: Final = 64 * 1024
+
+
+def size_problem(profile: str, size: int) -> str | None:
+    """Why ``size`` (in words) is not an area size of ``profile``, in words, with sizes that
+    work; None when it is one."""
+    if profile == "gvisor":
+        step = kcovx.PAGE_SIZE // 8
+        if step <= size <= GVISOR_MAX_WORDS and size % step == 0:
+            return None
+        lower = max(step, min(size // step * step, GVISOR_MAX_WORDS))
+        upper = min(lower + step, GVISOR_MAX_WORDS)
+        near = f"{lower}" if size <= step or lower == upper else f"{lower} or {upper}"
+        return (
+            f"--size {size}: Invalid argument: the gvisor profile needs a multiple of {step} "
+            f"words (the area is whole {kcovx.PAGE_SIZE}-byte pages) from {step} to "
+            f"{GVISOR_MAX_WORDS}; try {near}"
+        )
+    if 2 <= size <= LINUX_MAX_WORDS:
+        return None
+    return (
+        f"--size {size}: Invalid argument: the linux profile needs 2 to {LINUX_MAX_WORDS} words "
+        f"(INT_MAX / 8); try {max(2, min(size, LINUX_MAX_WORDS))}"
+    )
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _one_input(data: bytes) -> None:
+    """A stand-in for instrumented code: one PC per branch taken."""
+    kcovx.trace_pc(0x1000)
+    if data.startswith(b"F"):
+        kcovx.trace_pc(0x1010)
+        if data[1:2] == b"U":
+            kcovx.trace_pc(0x1020)
+            if data[2:3] == b"Z":
+                kcovx.trace_pc(0x1030)
+    kcovx.trace_pc(0x1000)  # a block run twice: kept twice by linux, once by gvisor
+
+
+def demo(profile: str, size: int, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    inputs = [b"", b"F", b"FU", b"FUZ"]
+    ok = True
+    with kcovx.open(profile=profile) as kc:
+        kc.init_trace(size)
+        area = kc.mmap()
+        kc.enable()
+        print(f"{kc!r}", file=out)
+        for data in inputs:
+            area[0] = 0  # reset: the next PC goes to word 1
+            _one_input(data)
+            kc.flush()  # gvisor: task work copies the covered PCs in; linux: already there
+            n = int(area[0])
+            pcs_read = [f"{int(pc):#x}" for pc in area[1 : n + 1]]
+            print(f"input {data!r:7} -> {n} PCs: {' '.join(pcs_read)}", file=out)
+            want = 2 + len(data) if profile == "linux" else 1 + len(data)
+            ok &= n == want
+        kc.disable()
+    print("ok" if ok else "MISMATCH", file=out)
+    return 0 if ok else 1
+
+
+# -- symbolize ----------------------------------------------------------------------------------
+
+
+def _pc_tokens(inp: BinaryIO, err: TextIO) -> Iterator[str]:
+    """The PC tokens of ``inp`` (separated by ASCII blanks, several a line), read a line at a
+    time; a line too long to read is reported on ``err``, skipped, and yields ``""``."""
+    while True:
+        line = inp.readline(MAX_PC_LINE)
+        if not line:
+            return
+        if len(line) == MAX_PC_LINE and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # skip the rest of it, a piece at a time
+                line = inp.readline(MAX_PC_LINE)
+            print(f"kcovx symbolize: a line longer than {MAX_PC_LINE} bytes, skipped", file=err)
+            yield ""
+            continue
+        for token in line.split():
+            yield token.decode("ascii", "backslashreplace")
+
+
+class _Unusable(Exception):
+    """A table or cover file symbolize cannot use: the one line to print, then status 2."""
+
+
+def _read(load: Callable[[str], _T], path: str, what: str, missing: str = "") -> _T:
+    """load(path), with any problem of the file turned into the one line to print."""
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise _Unusable(f"no {what} {path!r}{missing}") from None
+    except OSError as e:
+        raise _Unusable(f"{what} {path!r}: {e.strerror}") from None
+    except ValueError as e:  # PCsTableError, CoverFileError: the message names the file
+        raise _Unusable(str(e)) from None
+
+
+def symbolize_main(
+    table_path: str | None,
+    *,
+    cover_path: str | None = None,
+    all_blocks: bool = False,
+    inp: BinaryIO,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """``kcovx symbolize``: see the module docstring for what is read and the statuses."""
+    from kcovx.cover import read_cover
+    from kcovx.pcs import format_block, load_pcs_table, parse_pc
+
+    status = 0
+    texts: Iterable[str]
+    try:
+        hint = " (kcovx run writes one; see --pcs-table)"
+        table = _read(load_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
+        if all_blocks:
+            texts = (f"{pc:#x}" for pc in sorted(table))
+        elif cover_path is not None:
+            texts = (f"{pc:#x}" for pc in _read(read_cover, cover_path, "cover file"))
+        else:
+            texts = _pc_tokens(inp, err)  # streamed: memory does not grow with the input
+    except _Unusable as e:
+        print(f"kcovx symbolize: {e}", file=err)
+        return 2
+    for text in texts:
+        if not text:  # a line too long, already reported
+            status = 1
+            continue
+        pc = parse_pc(text)
+        if pc is None:
+            hint = "; od collapsed repeated lines: use od -v" if text == "*" else ""
+            print(
+                f"kcovx symbolize: malformed PC {text!r} (want up to 16 hex digits{hint})", file=err
+            )
+            status = 1
+            continue
+        block = table.get(pc)
+        if block is None:
+            print(f"kcovx symbolize: unknown PC {pc:#x}: not in the PC table", file=err)
+            status = 1
+            continue
+        print(format_block(block), file=out)
+    return status
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+_RUN_VALUE_OPTS = {"--profile", "--size", "--include", "--exclude", "--output", "--pcs-table"}
+
+
+def _split_run_argv(argv: Sequence[str]) -> tuple[list[str], str | None, bool, list[str]]:
+    """Our options, the target, whether it is a module, and the program's own arguments."""
+    ours: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-m":
+            if i + 1 >= len(argv):
+                return ours, None, True, []
+            return ours, argv[i + 1], True, list(argv[i + 2 :])
+        if a.startswith("-m") and len(a) > 2 and not a.startswith("--"):
+            return ours, a[2:], True, list(argv[i + 1 :])
+        if a.split("=", 1)[0] in _RUN_VALUE_OPTS:
+            ours.append(a)
+            if "=" not in a and i + 1 < len(argv):
+                ours.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        if a.startswith("-") and a != "-":
+            ours.append(a)
+            i += 1
+            continue
+        return ours, a, False, list(argv[i + 1 :])
+    return ours, None, False, []
+
+
+def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
+    if opts.target is None:
+        p.error("a script or -m module to run is required")
+    problem = size_problem(opts.profile, opts.size)
+    if problem is not None:
+        p.error(problem)
+    from kcovx.run import run
+
+    try:
+        return run(
+            opts.target,
+            opts.args,
+            module=opts.module,
+            profile=opts.profile,
+            size=opts.size,
+            include=opts.include,
+            exclude=opts.exclude,
+            output=opts.output,
+            table=opts.pcs_table,
+        )
+    except OSError as e:
+        print(f"kcovx run: {e}", file=sys.stderr)
+        return 2
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def _profile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile", default=DEFAULTS.profile, choices=list(PROFILES), help="kcov to follow"
+    )
+
+
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``kcovx`` parser and its subcommands' parsers, by name."""
+    top = argparse.ArgumentParser(
+        prog="kcovx",
+        description="kcov for Python processes: run a program under coverage, symbolize PCs.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    run = sub.add_parser(
+        "run",
+        usage="kcovx run [options] (script.py | -m module) [args...]",
+        help="run a Python program instrumented, with kcov enabled on its main thread",
+        description="Run a Python program with its code instrumented and kcov enabled on its "
+        "main thread, recording into the cover file; write the PC table; print a summary.",
+    )
+    _profile_option(run)
+    run.add_argument(
+        "--size",
+        type=_int,
+        default=DEFAULTS.run_size,
+        help="area size in words (default %(default)s)",
+    )
+    run.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="instrument modules whose name matches (fnmatch; pkg matches "
+        "pkg.sub); default: modules under the current directory",
+    )
+    run.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="never instrument modules whose name matches",
+    )
+    run.add_argument(
+        "--output",
+        default=DEFAULTS.output,
+        metavar="FILE",
+        help="the cover file: the area, recorded into from the start (count word + PCs, u64 "
+        "LE; default %(default)s)",
+    )
+    run.add_argument(
+        "--pcs-table",
+        default=DEFAULTS.pcs_table,
+        metavar="FILE",
+        help="where to write the PC table for kcovx symbolize (default %(default)s)",
+    )
+    sym = sub.add_parser(
+        "symbolize",
+        help="name the blocks of PCs (stdin, or a cover file)",
+        description="Read hex PCs from stdin (several a line, as od prints them; 0x optional) "
+        "or from a cover file; print each PC and its block as file:line.col,line.col (the "
+        "format of gVisor's runsc symbolize).",
+    )
+    sym.add_argument(
+        "--pcs-table",
+        default=None,
+        metavar="FILE",
+        help=f"PC table written by kcovx run (default: {DEFAULTS.pcs_table})",
+    )
+    what = sym.add_mutually_exclusive_group()
+    what.add_argument("--cover", metavar="FILE", help="symbolize the PCs of this cover file")
+    what.add_argument("--all", action="store_true", help="list every block of the table")
+    demo_p = sub.add_parser(
+        "demo",
+        help="the device end to end on a few hand-written PCs",
+        description="Open a device, record a few hand-written PCs per input, read them back.",
+    )
+    _profile_option(demo_p)
+    demo_p.add_argument(
+        "--size",
+        type=_int,
+        default=DEFAULTS.demo_size,
+        help="area size in words (default %(default)s)",
+    )
+    return top, {"run": run, "symbolize": sym, "demo": demo_p}
+
+
+def _symbolize(opts: argparse.Namespace) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # File names that were not UTF-8 on disk are printed back as their bytes.
+        sys.stdout.reconfigure(errors="surrogateescape")
+    return symbolize_main(
+        opts.pcs_table,
+        cover_path=opts.cover,
+        all_blocks=opts.all,
+        inp=sys.stdin.buffer,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _demo(opts: argparse.Namespace) -> int:
+    problem = size_problem(opts.profile, opts.size)
+    if problem is not None:
+        print(f"kcovx demo: {problem}", file=sys.stderr)
+        return 2
+    return demo(opts.profile, opts.size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``kcovx [COMMAND] ...``: the exit status (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top, sub = parsers()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(
+            f"kcovx: unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)}; "
+            "see kcovx --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if argv and argv[0] == "run":
+        ours, target, module, args = _split_run_argv(argv[1:])
+        opts = top.parse_args(["run", *ours])
+        opts.target, opts.module, opts.args = target, module, args
+        return _run(sub["run"], opts)
+    opts = top.parse_args(argv)
+    if opts.command == "symbolize":
+        return _symbolize(opts)
+    if opts.command == "demo":
+        return _demo(opts)
+    top.print_help(sys.stderr)  # no command: list them
+    return 2
