@@ -435,6 +435,13 @@ class Device:
         n = None if length is None else as_u64(length, "length")
         return self._syscall(self._mmap, n, as_u64(offset, "offset"))
 
+    def map_area(self, length: int | None = None, offset: int = 0) -> _area.Area:
+        """``mmap`` without numpy: the same call, checks and errors, returning the ``Area`` (the
+        whole area: a writable buffer of uint64 words, ``area.count``) instead of a numpy view
+        of the mapped part.  For programs that record but never need numpy loaded."""
+        n = None if length is None else as_u64(length, "length")
+        return self._syscall(self._map, n, as_u64(offset, "offset"))[0]
+
     def flush(self) -> None:
         """Run the owner's pending task work now (gvisor profile; a no-op for linux)."""
         # _syscall spelt out: flush runs once per input in a fuzz loop, and the indirection
@@ -479,14 +486,18 @@ class Device:
         else:  # KCOV_REMOTE_ENABLE included: no remote coverage (see README)
             fail(errno.ENOTTY)
 
-    def _mmap(self, task: tasks.Task, length: int | None, offset: int) -> AreaView:
+    def _map(self, task: tasks.Task, length: int | None, offset: int) -> tuple[_area.Area, int]:
         n = self._state.size * 8 if length is None else length
         # The generic mmap checks come before the device's.
         if offset & (PAGE_SIZE - 1) or n == 0:
             fail(errno.EINVAL)
         if n > _U64_MASK - PAGE_SIZE + 1 or offset + _page_round(n) > _U64_MASK:
             fail(errno.ENOMEM)
-        return _view(self._rules.mmap(self._state, task, n, offset), n, offset)
+        return self._rules.mmap(self._state, task, n, offset), n
+
+    def _mmap(self, task: tasks.Task, length: int | None, offset: int) -> AreaView:
+        area, n = self._map(task, length, offset)
+        return _view(area, n, offset)
 
     def _close(self, task: tasks.Task) -> None:
         self._rules.close(self._state, task)

@@ -373,7 +373,7 @@ def run(
     try:
         try:
             kc.init_trace(size)
-            kc.mmap()  # gvisor allocates the area (the file) here; the view is not needed
+            kc.map_area()  # gvisor allocates the area (the file) here; no numpy view
             _reserve(output_path, size * 8)
         except OSError as e:
             raise OSError(e.errno, f"cannot make the area file: {e.strerror}", output) from None
