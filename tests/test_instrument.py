@@ -40,6 +40,16 @@ from typing import Any
 
 import coverage
 import pytest
+from _instrument_support import (
+    CORPUS,
+    Twins,
+    forget,
+    has_probe,
+    load_twins,
+    probe_of,
+    uid,
+    write_module,
+)
 from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
@@ -47,647 +57,11 @@ from kcovx import instrument
 from kcovx._area import Probe
 
 PROBE = instrument.PROBE
-_ids = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------
-# The corpus: one module exercising every construct the rewrite touches.  Functions whose name
-# starts with "case_" are called by the tests (no arguments).
-
-CORPUS = '''\
-import contextlib
-import dataclasses
-import enum
-import functools
-import types
-
-COUNTER = 0
-CLOSED = []
-MODULE_VAR: (int or None) = 3
-
-if COUNTER:
-    MODE = "never"
-elif CLOSED:
-    MODE = "never either"
-else:
-    MODE = "module-level else"
-
-try:
-    import no_such_module_kcovx_test  # noqa
-except ImportError:
-    HAVE = False
-else:
-    HAVE = True
-
-
-def deco(f):
-    @functools.wraps(f)
-    def wrapper(*a, **k):
-        return ("deco", f(*a, **k))
-
-    return wrapper
-
-
-def straight(x, y=2, *rest, z=3, **kw):
-    """Docstring of straight."""
-    total = x + y + z
-    total += sum(rest) + sum(kw.values())
-    return total
-
-
-def branches(n):
-    if n < 0:
-        return "neg"
-    elif n == 0:
-        out = "zero"
-    else:
-        out = "pos"
-    if n > 100: out += "!"
-    return out
-
-
-def loops(n):
-    acc = []
-    for i in range(n):
-        if i == 3:
-            continue
-        if i == 7:
-            break
-        acc.append(i)
-    else:
-        acc.append("for-else")
-    j = 0
-    while j < n:
-        j += 1
-        if j == 5:
-            break
-    else:
-        acc.append("while-else")
-    while True:
-        j -= 1
-        if j <= 0:
-            break
-    for k in range(2): acc.append(k)
-    return acc, j
-
-
-def boolops(a, b, c):
-    x = a and b or c
-    y = (a or
-         b) and not c
-    z = b if a else c
-    w = (b
-         if a
-         else c)
-    return x, y, z, w, a and (b or c), [v for v in (a, b, c) if v and v > 1]
-
-
-def walrus(xs):
-    if (n := len(xs)) > 2:
-        pass
-    ys = [y for x in xs if (y := x * 2) > 2]
-    return n, ys, y
-
-
-def comprehensions(n):
-    squares = [fib(i) for i in range(n) if less(i % 2, 1)]
-    evens = {i for i in range(n) if not i % 2}
-    table = {i: [j for j in range(i)] for i in range(n)}
-    gen = sum(x for x in range(n) if x > 1)
-    nested = [(i, j) for i in range(n) for j in range(i) if i + j > 1 if j]
-    rows = [
-        {
-            "i": i,
-            "sq": i * i,
-        }
-        for i in range(n)
-    ]
-    return squares, sorted(evens), table, gen, nested, rows
-
-
-def closures(n):
-    count = 0
-
-    def inc(k=1):
-        nonlocal count
-        count += k
-        return count
-
-    adders = [lambda x, i=i: x + i for i in range(n)]
-    return [inc() for _ in range(n)], [f(10) for f in adders], (lambda: count)()
-
-
-def tries(mode):
-    log = []
-    try:
-        log.append("try")
-        if mode == 1:
-            raise ValueError("one")
-        if mode == 2:
-            return log + ["return-in-try"]
-    except ValueError as e:
-        log.append(f"except {e}")
-    except (TypeError, KeyError):
-        log.append("never")
-    else:
-        log.append("else")
-    finally:
-        log.append("finally")
-    return log
-
-
-@contextlib.contextmanager
-def managed(log):
-    log.append("enter")
-    try:
-        yield len(log)
-    finally:
-        log.append("exit")
-
-
-def with_suppress(mode):
-    log = []
-    with managed(log) as n:
-        log.append(n)
-    with contextlib.suppress(KeyError):
-        log.append("body")
-        if mode:
-            raise KeyError(mode)
-        log.append("no-raise")
-    log.append("after")
-    with contextlib.nullcontext(5) as v, contextlib.nullcontext(6) as w:
-        log.append(v + w)
-    return log
-
-
-class Point:
-    __match_args__ = ("x", "y")
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-
-def less(x, y):
-    return x < y
-
-
-def matcher(value):
-    match value:
-        case 0 | 1:
-            return "small"
-        case [x, y, *rest] if less(x, y):
-            return ("seq", x, y, rest)
-        case {"k": v, **others}:
-            return ("map", v, others)
-        case Point(x=0, y=y):
-            return ("point-on-axis", y)
-        case str() as s if len(s) > 3:
-            return "long-str"
-        case _:
-            return "other"
-
-
-def fib(n):
-    return n if n < 2 else fib(n - 1) + fib(n - 2)
-
-
-def deep(n):
-    return 0 if n == 0 else 1 + deep(n - 1)
-
-
-def forever(n):
-    return forever(n + 1)
-
-
-def gen(n):
-    """A generator."""
-    total = 0
-    for i in range(n):
-        got = yield i
-        if got:
-            total += got
-    return total
-
-
-def delegate(n):
-    result = yield from gen(n)
-    yield ("result", result)
-
-
-def closing_gen():
-    try:
-        yield 1
-        yield 2
-    finally:
-        CLOSED.append("closed")
-
-
-@types.coroutine
-def tick():
-    yield "tick"
-
-
-def run(aw):
-    ticks = 0
-    while True:
-        try:
-            aw.send(None)
-        except StopIteration as stop:
-            return ticks, stop.value
-        ticks += 1
-
-
-class AsyncCM:
-    async def __aenter__(self):
-        await tick()
-        return 100
-
-    async def __aexit__(self, *exc):
-        return exc[0] is KeyError
-
-
-async def agen(n):
-    for i in range(n):
-        await tick()
-        yield i
-
-
-async def coro(n):
-    await tick()
-    total = 0
-    async for v in agen(n):
-        total += v
-    async with AsyncCM() as cm:
-        total += cm
-    async with AsyncCM():
-        raise KeyError("swallowed")
-    return total, [v async for v in agen(n) if v % 2], {v: v async for v in agen(2)}
-
-
-def groups(mode):
-    log = []
-    excs = [ValueError(1), TypeError(2), KeyError(3), OSError(4)][:mode]
-    try:
-        raise ExceptionGroup("eg", excs)
-    except* ValueError as eg:
-        log.append(("value", len(eg.exceptions)))
-    except* TypeError:
-        log.append("type")
-    except* KeyError as eg:
-        log.append(("key", repr(eg.exceptions[0])))
-    return log
-
-
-def make_class(flag):
-    class Local:
-        """Local doc."""
-
-        kind = "a" if flag else "b"
-        items = [len(str(i)) * 2 for i in range(3) if i]
-        kinds = [kind] * 2
-        if flag:
-            extra = 1
-        else:
-            extra = 2
-
-        def method(self):
-            return (self.kind, self.extra, __class__.__name__)
-
-        @staticmethod
-        def smeth(x):
-            return x * 2
-
-        @classmethod
-        def cmeth(cls):
-            return cls.__qualname__
-
-        @property
-        def prop(self):
-            return self.extra + 1
-
-    obj = Local()
-    names = sorted(vars(Local))
-    return obj.method(), Local.smeth(3), Local.cmeth(), obj.prop, Local.items, Local.__doc__, names
-
-
-def raiser(kind):
-    data = {"a": 1}
-    if kind == "key":
-        return data["missing"]
-    if kind == "attr":
-        return data.missing_attribute
-    if kind == "zero":
-        return (1 +
-                2) // (kind == "never")
-    if kind == "nested":
-        return [1 / (x - 1) for x in range(3)]
-    if kind == "lambda":
-        f = lambda v: v.undefined
-        return f(3)
-    if kind == "gen":
-        return list(failing_gen())
-    if kind == "group":
-        return groups(4)
-    assert kind == "ok", ("bad kind", kind)
-    return "ok"
-
-
-def failing_gen():
-    yield 1
-    raise RuntimeError("in generator")
-
-
-def multiline():
-    x = (
-        fib(3)
-    )
-    d = {
-        "a": fib(2),
-    }
-    return (
-        x
-        + d["a"]
-    )
-
-
-def only_doc():
-    """Only a docstring."""
-
-
-def only_ellipsis():
-    ...
-
-
-def declares_global():
-    global COUNTER
-    COUNTER = COUNTER + 1
-    return COUNTER
-
-
-@deco
-def decorated(x):
-    return x + 1
-
-
-@functools.lru_cache(maxsize=None)
-def cached(x):
-    return x * 3
-
-
-def decorated_inner(x):
-    @deco
-    @functools.lru_cache(maxsize=None)
-    def inner(y):
-        return y * x
-
-    return inner(3)
-
-
-def string_stmt(flag):
-    if flag:
-        "not a docstring"
-        return 1
-    return 2
-
-
-def annotated(x: int | None = None, *args: "Point", key: (int or str) = 1,
-              **kw: dict[str, int]) -> list[int] if True else None:
-    y: (int or str) = 1
-    return [x, y, key]
-
-
-class Annotated:
-    a: int = 1
-    b: (str or bytes)
-    c: "Point" = None
-
-
-two_lambdas = (lambda: "first"), (lambda: "second")
-square = lambda v: v * v
-
-
-class Color(enum.Enum):
-    RED = 1
-    GREEN = 2
-    BLUE = enum.auto()
-
-    def describe(self):
-        return f"{self.name}={self.value}"
-
-    @classmethod
-    def first(cls):
-        return next(iter(cls))
-
-
-@dataclasses.dataclass(order=True)
-class Item:
-    name: str
-    qty: int = 0
-    tags: list = dataclasses.field(default_factory=list)
-
-    def total(self, price):
-        return self.qty * price
-
-
-class Outer:
-    class Inner:
-        class Deepest:
-            def where(self):
-                return type(self).__qualname__
-
-
-class Tool:
-    """Tool doc."""
-
-    def __init__(self, v):
-        self._v = v
-
-    @staticmethod
-    def s(x):
-        return x + 1
-
-    @classmethod
-    def c(cls, x):
-        return (cls.__name__, x)
-
-    @property
-    def v(self):
-        return self._v
-
-    @v.setter
-    def v(self, value):
-        self._v = value * 10
-
-    @v.deleter
-    def v(self):
-        self._v = None
-
-    def m(self, y):
-        return self._v + y
-
-
-# ---- the cases -------------------------------------------------------------------------------
-
-def case_straight():
-    return straight(1), straight(1, 2, 3, 4, z=5, extra=6), straight.__doc__
-
-
-def case_branches():
-    return [branches(n) for n in (-1, 0, 1, 101)]
-
-
-def case_loops():
-    return loops(2), loops(5), loops(10)
-
-
-def case_boolops():
-    return [boolops(a, b, c) for a in (0, 2) for b in (0, 3) for c in (0, 1)]
-
-
-def case_walrus():
-    return walrus([1, 2, 3]), walrus([0])
-
-
-def case_comprehensions():
-    return comprehensions(5)
-
-
-def case_closures():
-    return closures(3)
-
-
-def case_tries():
-    return tries(0), tries(1), tries(2)
-
-
-def case_with():
-    return with_suppress(0), with_suppress(1)
-
-
-def case_match():
-    values = [0, [1, 2, 3], [3, 2], {"k": 1, "z": 2}, Point(0, 5), Point(1, 5), "long!", "ab"]
-    return [matcher(v) for v in values]
-
-
-def case_recursion():
-    return fib(12), deep(300)
-
-
-def case_generators():
-    g = gen(4)
-    out = [next(g), g.send(5), g.send(0)]
-    try:
-        while True:
-            out.append(next(g))
-    except StopIteration as stop:
-        out.append(("stop", stop.value))
-    out.extend(delegate(3))
-    g2 = gen(10)
-    next(g2)
-    try:
-        g2.throw(ValueError("thrown"))
-    except ValueError as e:
-        out.append(str(e))
-    g3 = closing_gen()
-    next(g3)
-    g3.close()
-    out.append(CLOSED[-1])
-    return out
-
-
-def case_coroutines():
-    async def collect():
-        return [v async for v in agen(3)]
-
-    return run(coro(4)), run(collect())
-
-
-def case_groups():
-    return groups(1), groups(2), groups(3)
-
-
-def case_class_bodies():
-    return make_class(True), make_class(False)
-
-
-def case_multiline():
-    return multiline()
-
-
-def case_empty_bodies():
-    return only_doc(), only_doc.__doc__, only_ellipsis(), string_stmt(1), string_stmt(0)
-
-
-def case_globals():
-    return declares_global() - declares_global()
-
-
-def case_decorators():
-    return decorated(1), decorated.__name__, decorated_inner(2), cached(2), cached(2)
-
-
-def case_lambdas():
-    return [f() for f in two_lambdas], (lambda *a, k=3: (a, k))(1, 2), square(4)
-
-
-def case_annotations():
-    return annotated(5), annotated.__annotations__, Annotated.__annotations__
-
-
-def case_enum_dataclass():
-    items = sorted([Item("b", 2), Item("a", 1, ["t"])])
-    return (
-        [c.describe() for c in Color], Color.first().name, Color(2).name,
-        repr(items), items[0] == Item("a", 1, ["t"]), items[1].total(3),
-        Outer.Inner.Deepest().where(),
-    )
-
-
-def case_methods():
-    t = Tool(2)
-    out = [Tool.s(1), Tool.c(2), t.v, t.m(3)]
-    t.v = 4
-    out.append(t.v)
-    del t.v
-    out.append(t.v)
-    return out
-
-
-def case_raise_key():
-    return raiser("key")
-
-
-def case_raise_attr():
-    return raiser("attr")
-
-
-def case_raise_zero():
-    return raiser("zero")
-
-
-def case_raise_nested():
-    return raiser("nested")
-
-
-def case_raise_lambda():
-    return raiser("lambda")
-
-
-def case_raise_gen():
-    return raiser("gen")
-
-
-def case_raise_group():
-    return raiser("group")
-
-
-def case_raise_assert():
-    return raiser("assert")
-
-
-def case_raise_recursion():
-    return forever(0)
-'''
+# The corpus (tests/instrument_corpus.py): one module exercising every construct the rewrite
+# touches.  Functions whose name starts with "case_" are called by the tests (no arguments).
 
 HEADER = '"""Corpus docstring."""\n\n'
 HEADER_FUTURE = '"""Corpus docstring."""\n\nfrom __future__ import annotations\n\n'
@@ -695,18 +69,6 @@ HEADER_FUTURE = '"""Corpus docstring."""\n\nfrom __future__ import annotations\n
 
 def _cases(mod: types.ModuleType) -> list[str]:
     return sorted(n for n in vars(mod) if n.startswith("case_"))
-
-
-def _has_probe(names: Any) -> bool:
-    """Whether any of ``names`` (strings or anything else) is a probe name."""
-    return any(isinstance(n, str) and n.startswith(PROBE) for n in names)
-
-
-def _probe_of(namespace: Any) -> Any:
-    """The probe bound in ``namespace`` (a kcovx.Probe), or None."""
-    found = [v for k, v in namespace.items() if isinstance(k, str) and k.startswith(PROBE)]
-    assert len(found) <= 1, found
-    return found[0] if found else None
 
 
 def _probe_indices(code: types.CodeType) -> list[int]:
@@ -720,39 +82,7 @@ def _probe_indices(code: types.CodeType) -> list[int]:
 
 
 def _instrumented(fn: Any) -> bool:
-    return _has_probe(fn.__code__.co_names)
-
-
-class Twins(typing.NamedTuple):
-    plain: types.ModuleType
-    inst: types.ModuleType
-
-
-def _write(folder: Path, name: str, source: str) -> Path:
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    return path
-
-
-def _load_twins(folder: Path, stem: str, source: str) -> Twins:
-    uid = next(_ids)
-    plain_name, inst_name = f"kcx_{stem}_{uid}_plain", f"kcx_{stem}_{uid}_inst"
-    _write(folder, plain_name, source)
-    _write(folder, inst_name, source)
-    importlib.invalidate_caches()
-    plain = importlib.import_module(plain_name)
-    with kcovx.instrument_imports(include=[inst_name]):
-        inst = importlib.import_module(inst_name)
-    assert isinstance(_probe_of(vars(inst)), Probe)
-    assert _probe_of(vars(plain)) is None
-    return Twins(plain, inst)
-
-
-def _forget(*names: str) -> None:
-    """Drop these modules (and their submodules) from sys.modules."""
-    for name in list(sys.modules):
-        if name in names or name.split(".")[0] in names:
-            del sys.modules[name]
+    return has_probe(fn.__code__.co_names)
 
 
 @pytest.fixture
@@ -762,11 +92,11 @@ def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     made: list[Twins] = []
 
     def make(stem: str, source: str) -> Twins:
-        made.append(_load_twins(tmp_path, stem, source))
+        made.append(load_twins(tmp_path, stem, source))
         return made[-1]
 
     yield make
-    _forget(*(m.__name__ for pair in made for m in pair))
+    forget(*(m.__name__ for pair in made for m in pair))
 
 
 @pytest.fixture(scope="module")
@@ -775,12 +105,12 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twin
     sys.path.insert(0, str(folder))
     made: dict[str, Twins] = {}
     try:
-        made["plain"] = _load_twins(folder, "corpus", HEADER + CORPUS)
-        made["future"] = _load_twins(folder, "corpusf", HEADER_FUTURE + CORPUS)
+        made["plain"] = load_twins(folder, "corpus", HEADER + CORPUS)
+        made["future"] = load_twins(folder, "corpusf", HEADER_FUTURE + CORPUS)
         yield made
     finally:
         sys.path.remove(str(folder))
-        _forget(*(m.__name__ for pair in made.values() for m in pair))
+        forget(*(m.__name__ for pair in made.values() for m in pair))
 
 
 @pytest.fixture(params=["plain", "future"])
@@ -981,8 +311,8 @@ def test_settrace_events_of_module_and_class_bodies_are_the_same(
     monkeypatch.syspath_prepend(str(tmp_path))
     events = {}
     for kind in ("plain", "inst"):
-        name = f"kcx_import_trace_{next(_ids)}_{kind}"
-        path = _write(tmp_path, name, HEADER + CORPUS)
+        name = f"kcx_import_trace_{uid()}_{kind}"
+        path = write_module(tmp_path, name, HEADER + CORPUS)
         importlib.invalidate_caches()
         if kind == "plain":
             ev, out = _traced(lambda n=name: importlib.import_module(n), str(path))
@@ -1036,11 +366,11 @@ def case():
 def _battery(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run case() of ``source`` plain and instrumented under sys.settrace; same events."""
     monkeypatch.setenv("KCOVX_CACHE_DIR", "")  # thousands of throwaway sources
-    filename = f"/virtual/kcx_battery_{next(_ids)}.py"
+    filename = f"/virtual/kcx_battery_{uid()}.py"
     plain: dict[str, Any] = {}
     exec(compile(source, filename, "exec", dont_inherit=True), plain)
     unit = instrument.instrument_source(source, filename, "kcx_battery", register=False)
-    assert _has_probe(unit.code.co_names)
+    assert has_probe(unit.code.co_names)
     inst: dict[str, Any] = {}
     unit.install(inst)
     exec(unit.code, inst)
@@ -1194,7 +524,7 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
         ):  # fmt: skip
             assert getattr(i, attr) == getattr(p, attr), (where, attr)
         varnames = i.co_varnames
-        if _has_probe(varnames):
+        if has_probe(varnames):
             # 3.12+ gives every name used in a comprehension inlined in a class body a hidden
             # fast-local slot (plain code does it too, e.g. for len below); no namespace access
             assert sys.version_info >= (3, 12) and where.endswith("Local"), where
@@ -1203,7 +533,7 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
         assert varnames == p.co_varnames, where
         assert _lines(i) == _lines(p), where
         assert {n for n in i.co_names if not n.startswith(PROBE)} == set(p.co_names), where
-        assert _has_probe(i.co_names), where  # every scope records its entry
+        assert has_probe(i.co_names), where  # every scope records its entry
         if p.co_consts and isinstance(p.co_consts[0], str):
             assert i.co_consts[0] == p.co_consts[0], where  # the docstring
 
@@ -1266,13 +596,13 @@ def test_enum_dataclass_and_classes_never_hold_the_probe(corpus: Twins) -> None:
     plain, inst = corpus
     for cls in ("Point", "Color", "Item", "Outer", "Tool", "Annotated", "AsyncCM"):
         assert list(vars(getattr(inst, cls))) == list(vars(getattr(plain, cls))), cls
-        assert _probe_of(vars(getattr(inst, cls))) is None
+        assert probe_of(vars(getattr(inst, cls))) is None
     assert list(inst.Color.__members__) == ["RED", "GREEN", "BLUE"]
     assert [f.name for f in dataclasses.fields(inst.Item)] == ["name", "qty", "tags"]
     # dataclass-made methods are not instrumented (no source) but work
     assert inst.Item.__init__.__code__.co_filename != inst.__file__
     local = inst.make_class(True)
-    assert not _has_probe(local[-1]) and local == plain.make_class(True)
+    assert not has_probe(local[-1]) and local == plain.make_class(True)
     assert inst.Outer.Inner.Deepest.__qualname__ == "Outer.Inner.Deepest"
 
 
@@ -1357,8 +687,8 @@ def test_prepare_namespace_never_sees_the_probe(twins: Callable[..., Twins]) -> 
         assert ci.log == cp.log and ci.keys == cp.keys, flag
         assert ci.Nested.log == cp.Nested.log and ci.Nested.keys == cp.Nested.keys
         for entry in [*ci.log, *ci.Nested.log]:
-            assert not _has_probe(entry)
-        assert not _has_probe(ci.keys) and _probe_of(vars(ci)) is None
+            assert not has_probe(entry)
+        assert not has_probe(ci.keys) and probe_of(vars(ci)) is None
         assert ("missing", "auto_one") in ci.log and ci.first == "AUTO_ONE"
         assert ci().method() == ("AUTO_ONE", 1)
     bare_p, bare_i = plain.build_plain(), inst.build_plain()
@@ -1407,13 +737,13 @@ def test_coverage_py_reports_the_same_lines_and_arcs(
     cov.set_option("run:core", core)
     cov.start()
     try:
-        plain, inst = _load_twins(tmp_path, "cov", HEADER + CORPUS)
+        plain, inst = load_twins(tmp_path, "cov", HEADER + CORPUS)
         for name in _cases(inst):
             if name != "case_raise_recursion":
                 assert _outcome(getattr(inst, name)) == _outcome(getattr(plain, name))
     finally:
         cov.stop()
-    _forget(plain.__name__, inst.__name__)
+    forget(plain.__name__, inst.__name__)
     data = cov.get_data()
     lines_plain = data.lines(plain.__file__)
     lines_inst = data.lines(inst.__file__)
@@ -1473,8 +803,8 @@ def _marker_line(source: str, marker: str) -> int:
 @pytest.fixture
 def rec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_rec_{next(_ids)}"
-    _write(tmp_path, name, RECORDED)
+    name = f"kcx_rec_{uid()}"
+    write_module(tmp_path, name, RECORDED)
     importlib.invalidate_caches()
     with kcovx.instrument_imports(include=[name]):
         mod = importlib.import_module(name)
@@ -1623,8 +953,8 @@ print(json.dumps([list(b) for b in kcovx.blocks() if b.file == mod.__file__]))
 
 
 def test_pcs_are_deterministic_across_processes(tmp_path: Path) -> None:
-    name = f"kcx_det_{next(_ids)}"
-    _write(tmp_path, name, HEADER + CORPUS)
+    name = f"kcx_det_{uid()}"
+    write_module(tmp_path, name, HEADER + CORPUS)
     runs = []
     for cache in ("", str(tmp_path / "cache"), str(tmp_path / "cache")):  # off, cold, warm
         env = dict(os.environ, KCOVX_CACHE_DIR=cache)
@@ -1657,7 +987,7 @@ def test_block_functions_are_the_code_objects_qualnames(corpus: Twins) -> None:
     inlined comprehensions are the exception: their probes live in the enclosing code)."""
     _, inst = corpus
     fns = [inst.closures, inst.comprehensions, inst.coro, inst.make_class, inst.Tool.v.fget]
-    pcs_of_inst = _probe_of(vars(inst)).pcs
+    pcs_of_inst = probe_of(vars(inst)).pcs
     checked = 0
     for fn in fns:
         for code in _iter_code(fn.__code__):
@@ -1796,8 +1126,8 @@ def defined_global():
 def funcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     """A fresh plainly imported module (FUNCS) for each test."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_funcs_{next(_ids)}"
-    _write(tmp_path, name, FUNCS)
+    name = f"kcx_funcs_{uid()}"
+    write_module(tmp_path, name, FUNCS)
     importlib.invalidate_caches()
     yield importlib.import_module(name)
     del sys.modules[name]
@@ -1808,7 +1138,7 @@ def test_instrument_func_instruments_in_place(funcs: types.ModuleType, devices: 
     code = f.__code__
     assert kcovx.instrument_func(f) is f
     assert _instrumented(f) and f.__code__ is not code
-    assert isinstance(_probe_of(vars(funcs)), Probe)
+    assert isinstance(probe_of(vars(funcs)), Probe)
     assert (f(3), f(0), f.__doc__, f.__name__) == (6, -1, "Plain doc.", "plain")
     before = kcovx.blocks()
     new_code = f.__code__
@@ -1892,8 +1222,8 @@ def test_instrument_func_rejects_what_it_cannot_instrument(
 
 
 def test_instrument_module_reaches_every_function(tmp_path: Path) -> None:
-    name = f"kcx_mod_{next(_ids)}"
-    path = _write(tmp_path, name, HEADER_FUTURE + CORPUS)
+    name = f"kcx_mod_{uid()}"
+    path = write_module(tmp_path, name, HEADER_FUTURE + CORPUS)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -1908,7 +1238,7 @@ def test_instrument_module_reaches_every_function(tmp_path: Path) -> None:
 def _check_instrument_module(mod: types.ModuleType) -> None:
     expected = {n: _outcome(getattr(mod, n)) for n in _cases(mod) if n != "case_raise_recursion"}
     assert kcovx.instrument_module(mod) is mod
-    assert isinstance(_probe_of(vars(mod)), Probe)
+    assert isinstance(probe_of(vars(mod)), Probe)
     tool = vars(mod.Tool)
     reached = [
         mod.straight, mod.gen, mod.coro, mod.agen, mod.Point.__init__, mod.Color.describe,
@@ -1995,7 +1325,7 @@ def test_import_hook_matching(
     exclude: list[str],
     instrumented: set[str],
 ) -> None:
-    pkg = f"kcx_pkg{next(_ids)}"
+    pkg = f"kcx_pkg{uid()}"
     _package(tmp_path, pkg)
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -2011,13 +1341,13 @@ def test_import_hook_matching(
             got = _import_all(pkg)
         assert {n for n, inst in got.items() if inst} == {sub(p) for p in instrumented}
     finally:
-        _forget(*_package_names(pkg))
+        forget(*_package_names(pkg))
 
 
 def test_import_hook_leaves_imported_modules_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pkg = f"kcx_pkg{next(_ids)}"
+    pkg = f"kcx_pkg{uid()}"
     _package(tmp_path, pkg)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
@@ -2029,7 +1359,7 @@ def test_import_hook_leaves_imported_modules_alone(
         assert _instrumented(other.f)
         assert not _instrumented(importlib.import_module(pkg).f)  # imported before, as parent
     finally:
-        _forget(*_package_names(pkg))
+        forget(*_package_names(pkg))
 
 
 def test_import_hook_instruments_the_stdlib_only_when_included() -> None:
@@ -2085,8 +1415,8 @@ def test_import_hook_removes_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sys.meta_path == before
     # after the block, new imports are plain again
     monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_after_{next(_ids)}"
-    _write(tmp_path, name, "def f():\n    return 1\n")
+    name = f"kcx_after_{uid()}"
+    write_module(tmp_path, name, "def f():\n    return 1\n")
     importlib.invalidate_caches()
     with kcovx.instrument_imports([name]):
         pass

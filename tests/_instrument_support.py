@@ -1,0 +1,79 @@
+"""Shared helpers for the instrumentation tests: twins (the same source imported plain and
+instrumented), writing and forgetting throwaway modules, finding a module's probe, and the
+corpus (tests/instrument_corpus.py, read from disk as source text).
+
+Owns no kcovx state; every module it imports is given a unique name (``uid()``) so tests
+never see each other's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import kcovx
+from kcovx import instrument
+from kcovx._area import Probe
+
+PROBE = instrument.PROBE
+
+# The corpus: a module exercising every kind of block, as source text.
+CORPUS = Path(__file__).with_name("instrument_corpus.py").read_text()
+
+_ids = itertools.count()
+
+
+def uid() -> int:
+    """A number no other module of this test session was named with."""
+    return next(_ids)
+
+
+def has_probe(names: Any) -> bool:
+    """Whether any of ``names`` (strings or anything else) is a probe name."""
+    return any(isinstance(n, str) and n.startswith(PROBE) for n in names)
+
+
+def probe_of(namespace: Any) -> Any:
+    """The probe bound in ``namespace`` (a kcovx.Probe), or None."""
+    found = [v for k, v in namespace.items() if isinstance(k, str) and k.startswith(PROBE)]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+class Twins(typing.NamedTuple):
+    plain: types.ModuleType
+    inst: types.ModuleType
+
+
+def write_module(folder: Path, name: str, source: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+def load_twins(folder: Path, stem: str, source: str) -> Twins:
+    """Write ``source`` twice to ``folder`` (on sys.path) and import it plain and under
+    ``instrument_imports``."""
+    n = uid()
+    plain_name, inst_name = f"kcx_{stem}_{n}_plain", f"kcx_{stem}_{n}_inst"
+    write_module(folder, plain_name, source)
+    write_module(folder, inst_name, source)
+    importlib.invalidate_caches()
+    plain = importlib.import_module(plain_name)
+    with kcovx.instrument_imports(include=[inst_name]):
+        inst = importlib.import_module(inst_name)
+    assert isinstance(probe_of(vars(inst)), Probe)
+    assert probe_of(vars(plain)) is None
+    return Twins(plain, inst)
+
+
+def forget(*names: str) -> None:
+    """Drop these modules (and their submodules) from sys.modules."""
+    for name in list(sys.modules):
+        if name in names or name.split(".")[0] in names:
+            del sys.modules[name]
