@@ -55,17 +55,23 @@ def start(node: ast.stmt) -> tuple[int, int]:
     return (node.lineno, node.col_offset + 1)
 
 
+def _header_expr(node: ast.stmt, item: int) -> ast.expr | None:
+    """The expression a compound statement evaluates before its body (of a with statement,
+    the context expression of ``items[item]``), or None."""
+    if isinstance(node, ast.If | ast.While):
+        return node.test
+    if isinstance(node, ast.For | ast.AsyncFor):
+        return node.iter
+    if isinstance(node, ast.With | ast.AsyncWith):
+        return node.items[item].context_expr
+    if isinstance(node, ast.Match):
+        return node.subject
+    return None
+
+
 def _header_end(node: ast.stmt) -> tuple[int, int]:
     """Where the straight-line code ends when a run of statements reaches ``node``."""
-    part: ast.AST | None = None
-    if isinstance(node, ast.If | ast.While):
-        part = node.test
-    elif isinstance(node, ast.For | ast.AsyncFor):
-        part = node.iter
-    elif isinstance(node, ast.With | ast.AsyncWith):
-        part = node.items[-1].context_expr
-    elif isinstance(node, ast.Match):
-        part = node.subject
+    part = _header_expr(node, -1)
     if part is not None:
         p = pos(part)
         return (p[2], p[3])
@@ -279,15 +285,7 @@ def first_loc(node: ast.stmt | ast.expr) -> Loc:
     decorators = getattr(node, "decorator_list", None)
     if decorators:
         return first_loc(decorators[0])
-    part: ast.expr | None = None
-    if isinstance(node, ast.If | ast.While):
-        part = node.test
-    elif isinstance(node, ast.For | ast.AsyncFor):
-        part = node.iter
-    elif isinstance(node, ast.With | ast.AsyncWith):
-        part = node.items[0].context_expr
-    elif isinstance(node, ast.Match):
-        part = node.subject
+    part = _header_expr(node, 0)
     if part is not None:
         return first_loc(part)
     whole = loc(node)

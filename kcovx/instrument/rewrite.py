@@ -287,12 +287,6 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
             node.value = self.visit(node.value)
         return node
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        return self._visit_def(node)
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
-        return self._visit_def(node)
-
     def _visit_def(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
         self._visit_outer_of_def(node)
         self._push(node.name, FUNCTION, node.body, is_def=True)
@@ -306,6 +300,8 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
         )
         self._pop()
         return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = _visit_def
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         self._visit_defaults(node.args)
@@ -426,11 +422,7 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
         node.orelse = self._branch(node.orelse)
         return node
 
-    def visit_For(self, node: ast.For) -> ast.AST:
-        return self._visit_for(node)
-
-    def visit_AsyncFor(self, node: ast.AsyncFor) -> ast.AST:
-        return self._visit_for(node)
+    visit_For = visit_AsyncFor = _visit_for
 
     def _visit_try(self, node: Any) -> ast.AST:
         node.body = self._body(node.body, entry=False)
@@ -442,22 +434,14 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
         node.finalbody = self._branch(node.finalbody)
         return cast(ast.AST, node)
 
-    def visit_Try(self, node: ast.Try) -> ast.AST:
-        return self._visit_try(node)
-
-    def visit_TryStar(self, node: Any) -> ast.AST:
-        return self._visit_try(node)
+    visit_Try = visit_TryStar = _visit_try
 
     def _visit_with(self, node: ast.With | ast.AsyncWith) -> ast.AST:
         node.items = [self.visit(i) for i in node.items]
         node.body = self._body(node.body, entry=False)
         return node
 
-    def visit_With(self, node: ast.With) -> ast.AST:
-        return self._visit_with(node)
-
-    def visit_AsyncWith(self, node: ast.AsyncWith) -> ast.AST:
-        return self._visit_with(node)
+    visit_With = visit_AsyncWith = _visit_with
 
     def visit_Match(self, node: ast.Match) -> ast.AST:
         node.subject = self.visit(node.subject)
