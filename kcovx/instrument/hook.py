@@ -166,6 +166,11 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
         super().__init__(fullname, path)
         self._units: dict[str, Unit] = {}
 
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = types.ModuleType(spec.name)
+        self.unit(spec.name).install(module.__dict__)
+        return module
+
     def get_code(self, fullname: str) -> types.CodeType:
         return self.unit(fullname).code
 
@@ -179,11 +184,6 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
             unit.install()
             self._units[fullname] = unit
         return unit
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        unit = self.unit(module.__name__)
-        unit.install(module.__dict__)
-        exec(unit.code, module.__dict__)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ which is harmless (both record the same PCs, the last one is kept).
 
 from __future__ import annotations
 
+import builtins
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ class Unit:
     def install(self, globals_: dict[str, Any] | None = None) -> None:
         """Bind the unit's probe name in ``builtins`` and in the globals its code runs with."""
         probe = self.probe()
+        builtins.__dict__[self.probe_name] = probe
         if globals_ is not None:
             globals_[self.probe_name] = probe
 
