@@ -16,6 +16,7 @@ Threading: pure functions.
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import copy
@@ -145,6 +146,11 @@ def _with_body(node: _N, body: list[ast.stmt]) -> _N:
 NO_LOC: Loc = (-1, -1, -1, -1)  # no position: CPython gives the previous instruction's
 
 
+# The throwaway function is compiled with annotations as strings: only the code a probe
+# goes before matters, never what evaluating an annotation compiles to.
+_ANNOTATIONS = __future__.annotations.compiler_flag
+
+
 def compiled_span(node: ast.stmt | ast.expr) -> tuple[Loc, Loc, Loc] | None:
     """The positions of the first instruction CPython compiles ``node`` to (a statement: up
     to its first nested statement), of the first that has a position, and of the last,
@@ -183,8 +189,9 @@ def compiled_span(node: ast.stmt | ast.expr) -> tuple[Loc, Loc, Loc] | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                code = compile(ast.Module(body=[fn], type_ignores=[]), "<kcovx>", "exec")
-        except (SyntaxError, ValueError, TypeError):
+                module = ast.Module(body=[fn], type_ignores=[])
+                code = versions.compile_tree(module, "<kcovx>", _ANNOTATIONS)
+        except (SyntaxError, ValueError, TypeError, RecursionError):
             continue  # e.g. await outside an async function: try the async form
         inner = next(c for c in code.co_consts if isinstance(c, types.CodeType))
         positions = list(inner.co_positions())
