@@ -8,11 +8,11 @@ of generated snippets that put probes in every kind of position), the same cover
 and arcs, the same code-object structure (names, flags, variables, line sets; 3.12+
 comprehensions stay inlined), docstrings, annotations (also ``from __future__ import
 annotations``), class namespaces (a ``__prepare__`` mapping never sees the probe), source and
-pickling.  One known deviation is pinned, not hidden: on 3.11 the probe (a builtin call)
-counts against the recursion limit.  The entry points are checked for what they accept and
-reach, the import hook for its matching rules and clean-up.  Recording: a linux device gets
-the blocks in execution order with repeats, a gvisor one each covered block once per flush;
-PCs are deterministic across processes, and threads record only where the profile says.
+pickling, and the depth at which RecursionError is raised.  The corpus is
+tests/instrument_corpus.py.  The entry points are checked for what they accept and reach,
+the import hook for its matching rules and clean-up.  Recording: a linux device gets the
+blocks in execution order with repeats, a gvisor one each covered block once per flush; PCs
+are deterministic across processes, and threads record only where the profile says.
 """
 
 from __future__ import annotations
