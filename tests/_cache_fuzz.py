@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import marshal
 import os
 import random
 import shutil
@@ -62,7 +63,7 @@ def _import(name: str) -> Any:
 
 
 def _retyped(unit: Unit, rng: random.Random) -> Unit:
-    """A well-formed, correctly digested entry whose content is wrong."""
+    """A unit whose entry is well-formed and correctly digested but whose content is wrong."""
     first = unit.blocks[0]
     other = compile("MARK.append('other code')", unit.filename + "x", "exec")
     bad: list[dict[str, Any]] = [
@@ -71,11 +72,31 @@ def _retyped(unit: Unit, rng: random.Random) -> Unit:
         {"module": unit.module + "x"},
         {"probe_name": "__kcovx_pc_other__"},
         {"scopes": [("f", 5)]},
-        {"blocks": [dataclasses.replace(first, pc=-1)]},
+        {"blocks": [dataclasses.replace(first, pc=0)]},
+        {"blocks": [dataclasses.replace(first, scope=len(unit.scopes))]},
         {"blocks": [dataclasses.replace(first, extent=(1, 2, 3))]},
-        {"blocks": [dataclasses.replace(first, function=3)]},
     ]
     return dataclasses.replace(unit, **rng.choice(bad))
+
+
+_WRONG: list[Any] = [None, -1, 2**70, 1.5, "x", b"x", [], (), {}, [("f", -1, 0)], ("a", 1)]
+
+
+def _reformed(key: str, blob: bytes, rng: random.Random) -> bytes:
+    """``blob`` with one payload field (or an item of one) replaced by a value of a wrong
+    type, digested again: well-formed bytes that are not a valid entry."""
+    data = list(marshal.loads(blob[cache._HEADER :]))
+    i = rng.randrange(len(data))
+    field = data[i]
+    if isinstance(field, list | tuple) and field and rng.random() < 0.5:
+        items = list(field)
+        items[rng.randrange(len(items))] = rng.choice(_WRONG)
+        data[i] = type(field)(items)
+    else:
+        data[i] = rng.choice(_WRONG)
+    payload = marshal.dumps(tuple(data))
+    raw_key = bytes.fromhex(key)
+    return cache.MAGIC + raw_key + cache._digest(raw_key, payload) + payload
 
 
 def _corrupt(path: Path, how: str, i: int, ctx: Context, rng: random.Random) -> None:
@@ -99,6 +120,8 @@ def _corrupt(path: Path, how: str, i: int, ctx: Context, rng: random.Random) -> 
         path.write_bytes(ctx.good[(i + rng.randrange(1, MODULES)) % MODULES])
     elif how == "retype":
         path.write_bytes(cache.entry_bytes(ctx.keys[i], _retyped(ctx.units[i], rng)))
+    elif how == "reform":
+        path.write_bytes(_reformed(ctx.keys[i], blob, rng))
     elif how == "junk":
         path.write_bytes(rng.randbytes(rng.randint(0, 4096)))
     elif how == "fifo":
@@ -124,9 +147,7 @@ def _check(path: Path, how: str, i: int, ctx: Context) -> str | None:
     if probe is None or list(probe.pcs) != [b.pc for b in unit.blocks]:
         return f"module {i} records through a wrong probe"
     if how != "dir":  # a directory cannot be replaced: the entry stays missing
-        again = cache.read_entry(
-            str(path), ctx.keys[i], unit.module, unit.filename, unit.probe_name
-        )
+        again = cache.read_entry(str(path), ctx.keys[i], unit.module, unit.filename)
         if again is None or again.code.co_filename != unit.filename:
             return "no good entry was stored again"
     leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -160,7 +181,7 @@ def _setup(seed: int, work: Path) -> tuple[Path, Context]:
 
 
 HOW = ["flip", "flip_header", "truncate", "extend", "swap", "retype", "junk", "fifo", "zero",
-       "dir", "empty"]  # fmt: skip
+       "dir", "empty", "reform"]  # fmt: skip
 
 
 def main() -> int:

@@ -216,7 +216,7 @@ def test_an_oversized_entry_is_refused_unread(env: Env, monkeypatch: pytest.Monk
     entry = env.entry_of(name)
     monkeypatch.setattr(cache, "MAX_ENTRY", entry.stat().st_size - 1)
     with pytest.raises(CacheEntryError, match="size"):
-        cache.read_entry(str(entry), entry.name, name, "", "")
+        cache.read_entry(str(entry), entry.name, name, "")
     _behaves(env.load(name), 9)
 
 

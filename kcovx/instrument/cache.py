@@ -5,7 +5,8 @@ Where: ``$KCOVX_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/kcovx``, e
 ``~/.cache/kcovx``; created 0700.  One file per entry, named by its key (hex).
 
 Format of an entry: ``MAGIC`` | the key (20 bytes) | BLAKE2b-256 of key + payload | payload,
-where the payload is ``marshal.dumps((module, filename, code, blocks, scopes, probe_name))``.
+where the payload is ``marshal.dumps((module, filename, probe_name, code, scopes, n, columns))``:
+the n blocks as columns of fixed-size unsigned ints (the bytes of ``array`` objects).
 
 The cache is untrusted input (another process, a full disk or a user may have left anything
 at an entry's name).  An entry is used only if it is a regular file (opened without
@@ -13,8 +14,9 @@ following a symlink and without blocking, so a FIFO or a device cannot hang the 
 bounded size, carries the key it is looked up by (a file copied or renamed to another
 module's name is refused), and its digest matches, before anything is unmarshalled; then
 every field must have the expected type and values (the code a code object compiled from
-that file, the module, file and probe name those asked for).  Anything else is a
-CacheEntryError inside this module and a miss for the caller, who instruments from source.
+that file, the module and file those asked for, the probe name one the code loads).
+Anything else is a CacheEntryError inside this module and a miss for the caller, who
+instruments from source.
 The digest detects corruption, not forgery: whoever can write the cache folder can run code
 in the processes that use it, as with ``__pycache__``.
 
@@ -25,6 +27,7 @@ stores of one key leave one complete entry.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import hmac
@@ -39,13 +42,16 @@ from typing import Any
 
 from kcovx.errors import CacheEntryError
 from kcovx.instrument.rewrite import REWRITE_VERSION
-from kcovx.instrument.unit import BlockRec, Unit
+from kcovx.instrument.unit import PROBE, BlockRec, Unit
 
 MAGIC = b"kcovxC\x01\n"  # the last byte but one is the entry format's version
 _KEY_SIZE = 20
 _DIGEST_SIZE = 32
 _HEADER = len(MAGIC) + _KEY_SIZE + _DIGEST_SIZE
 MAX_ENTRY = 64 << 20  # larger files are refused unread
+# The block columns: (array typecode, ints per block) for scope, occurrence, ordinal, extent
+# (lines and columns) and PC.  A block's function is its scope's qualified name.
+_COLUMNS = (("I", 1), ("I", 1), ("I", 1), ("I", 4), ("Q", 1))
 
 _OPEN_FLAGS = (
     os.O_RDONLY
@@ -100,7 +106,9 @@ def cache_key(source: bytes, filename: str, module: str) -> str:
 
 
 def _digest(key: bytes, payload: bytes) -> bytes:
-    return hashlib.blake2b(key + payload, digest_size=_DIGEST_SIZE, person=b"kcovx-cache").digest()
+    h = hashlib.blake2b(key, digest_size=_DIGEST_SIZE, person=b"kcovx-cache")
+    h.update(payload)
+    return h.digest()
 
 
 def _read_regular(path: str) -> bytes | None:
@@ -135,52 +143,56 @@ def _read_regular(path: str) -> bytes | None:
     return b"".join(chunks)
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return type(value) is int and low <= value < high
+def _column(raw: Any, typecode: str, n: int) -> array.array[int]:
+    """A column of ``n`` unsigned ints stored as the bytes of an ``array``."""
+    if type(raw) is not bytes:
+        raise CacheEntryError("cache entry has a block column that is not bytes")
+    col = array.array(typecode)
+    if len(raw) != n * col.itemsize:
+        raise CacheEntryError("cache entry has a block column of the wrong length")
+    col.frombytes(raw)
+    return col
 
 
-def _unit(data: Any, module: str, filename: str, probe_name: str) -> Unit:
-    """The Unit an unmarshalled payload describes, checked field by field."""
-    if type(data) is not tuple or len(data) != 6:
-        raise CacheEntryError("cache entry payload is not a 6-tuple")
-    mod, file, code, blocks, scopes, name = data
-    if (mod, file, name) != (module, filename, probe_name) or not all(
-        type(v) is str for v in (mod, file, name)
-    ):
-        raise CacheEntryError("cache entry is for another module, file or probe")
+def _unit(data: Any, module: str, filename: str) -> Unit:
+    """The Unit an unmarshalled payload describes, checked field by field.  The blocks are
+    columns of fixed-size unsigned ints (``_COLUMNS``), so checking them is a few C calls."""
+    if type(data) is not tuple or len(data) != 7:
+        raise CacheEntryError("cache entry payload is not a 7-tuple")
+    mod, file, name, code, scopes, n, columns = data
+    if type(mod) is not str or type(file) is not str or type(name) is not str:
+        raise CacheEntryError("cache entry names are not strings")
+    if (mod, file) != (module, filename) or not name.startswith(PROBE):
+        raise CacheEntryError("cache entry is for another module or file, or has no probe name")
     if type(code) is not types.CodeType or code.co_filename != filename:
         raise CacheEntryError("cache entry code is not a code object of its file")
-    if type(scopes) is not list or type(blocks) is not list:
-        raise CacheEntryError("cache entry blocks or scopes are not lists")
-    out_scopes: list[tuple[str, int]] = []
+    if name not in code.co_names:  # the module's entry probe loads it
+        raise CacheEntryError("cache entry code does not record through its probe name")
+    if type(scopes) is not list or type(n) is not int or type(columns) is not tuple:
+        raise CacheEntryError("cache entry scopes or blocks are malformed")
     for i, s in enumerate(scopes):
-        if type(s) is not tuple or len(s) != 2 or type(s[0]) is not str:
+        if not (type(s) is tuple and len(s) == 2 and type(s[0]) is str and type(s[1]) is int):
             raise CacheEntryError("cache entry has a malformed scope")
-        if not _is_int(s[1], -1, i):
-            raise CacheEntryError("cache entry has a malformed scope parent")
-        out_scopes.append((s[0], s[1]))
-    out_blocks: list[BlockRec] = []
-    for b in blocks:
-        if type(b) is not tuple or len(b) != 6:
-            raise CacheEntryError("cache entry has a malformed block")
-        scope, function, occurrence, ordinal, extent, pc = b
-        ok = (
-            _is_int(scope, 0, len(out_scopes))
-            and type(function) is str
-            and _is_int(occurrence, 0, 1 << 32)
-            and _is_int(ordinal, 0, 1 << 32)
-            and type(extent) is tuple
-            and len(extent) == 4
-            and all(_is_int(x, 0, 1 << 32) for x in extent)
-            and _is_int(pc, 1, 1 << 64)
+        if not -1 <= s[1] < i:
+            raise CacheEntryError("cache entry has a scope whose parent does not precede it")
+    if not 0 <= n <= MAX_ENTRY or len(columns) != len(_COLUMNS):
+        raise CacheEntryError("cache entry blocks are malformed")
+    scope, occurrence, ordinal, extents, pcs_ = (
+        _column(raw, typecode, n * width)
+        for raw, (typecode, width) in zip(columns, _COLUMNS, strict=True)
+    )
+    if n and (max(scope) >= len(scopes) or min(pcs_) == 0):
+        raise CacheEntryError("cache entry has a block of no scope or with PC 0")
+    blocks = [
+        BlockRec(s, scopes[s][0], occ, o, (e0, e1, e2, e3), pc)
+        for s, occ, o, e0, e1, e2, e3, pc in zip(
+            scope, occurrence, ordinal, *(extents[k::4] for k in range(4)), pcs_, strict=True
         )
-        if not ok:
-            raise CacheEntryError("cache entry has a malformed block")
-        out_blocks.append(BlockRec(scope, function, occurrence, ordinal, extent, pc))
-    return Unit(module, filename, code, out_blocks, out_scopes, probe_name)
+    ]
+    return Unit(module, filename, code, blocks, scopes, name)
 
 
-def read_entry(path: str, key: str, module: str, filename: str, probe_name: str) -> Unit | None:
+def read_entry(path: str, key: str, module: str, filename: str) -> Unit | None:
     """The unit stored at ``path`` under ``key``, verified (see the module docstring); None
     if there is no entry; CacheEntryError if there is one kcovx must not use."""
     blob = _read_regular(path)
@@ -198,30 +210,38 @@ def read_entry(path: str, key: str, module: str, filename: str, probe_name: str)
         data = marshal.loads(payload)
     except (EOFError, ValueError, TypeError) as e:
         raise CacheEntryError(f"cache entry {path!r} does not unmarshal: {e}") from None
-    return _unit(data, module, filename, probe_name)
+    return _unit(data, module, filename)
 
 
-def load(key: str, module: str, filename: str, probe_name: str) -> Unit | None:
+def load(key: str, module: str, filename: str) -> Unit | None:
     """The cached unit for ``key``, or None: no cache, no entry, or an entry that failed
     verification (then the caller instruments from source and stores a good one)."""
     d = cache_dir()
     if d is None:
         return None
     try:
-        return read_entry(os.path.join(d, key), key, module, filename, probe_name)
+        return read_entry(os.path.join(d, key), key, module, filename)
     except CacheEntryError:
         return None
 
 
 def entry_bytes(key: str, unit: Unit) -> bytes:
     """The bytes of the entry that stores ``unit`` under ``key``."""
+    cols = [array.array(typecode) for typecode, _ in _COLUMNS]
+    for blk in unit.blocks:
+        cols[0].append(blk.scope)
+        cols[1].append(blk.occurrence)
+        cols[2].append(blk.ordinal)
+        cols[3].extend(blk.extent)
+        cols[4].append(blk.pc)
     data = (
         unit.module,
         unit.filename,
-        unit.code,
-        [(b.scope, b.function, b.occurrence, b.ordinal, b.extent, b.pc) for b in unit.blocks],
-        unit.scopes,
         unit.probe_name,
+        unit.code,
+        [(str(q), int(p)) for q, p in unit.scopes],
+        len(unit.blocks),
+        tuple(c.tobytes() for c in cols),
     )
     payload = marshal.dumps(data)
     raw_key = bytes.fromhex(key)

@@ -108,13 +108,21 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
         order (the order blocks are numbered in), with a stack instead of recursion: chains
         of such nodes (``a + b + ...``, ``x.f().g()...``) can be deeper than the recursion
         limit.  A child with a visitor of its own is handed to it."""
-        todo = list(reversed(list(ast.iter_child_nodes(node))))
+        todo = [node]
         while todo:
             n = todo.pop()
-            if type(n).__name__ in _OWN_VISITORS:
+            if n is not node and type(n) in _OWN_VISITORS:
                 self.visit(n)
-            else:
-                todo.extend(reversed(list(ast.iter_child_nodes(n))))
+                continue
+            children: list[ast.AST] = []
+            for name in n._fields:
+                value = getattr(n, name, None)
+                if isinstance(value, ast.AST):
+                    children.append(value)
+                elif isinstance(value, list):
+                    children.extend(v for v in value if isinstance(v, ast.AST))
+            children.reverse()
+            todo += children
         return node
 
     def _expr_probe(
@@ -497,7 +505,9 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
 
 
 # The node types Rewriter has a visitor for; generic_visit hands them over.
-_OWN_VISITORS = frozenset(name[6:] for name in vars(Rewriter) if name.startswith("visit_"))
+_OWN_VISITORS = frozenset(
+    getattr(ast, name[6:]) for name in vars(Rewriter) if name.startswith("visit_")
+)
 
 
 def rewrite_source(source: str | bytes, filename: str, module: str, avoid: set[int]) -> Unit:

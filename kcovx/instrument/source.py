@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from kcovx import pcs
 from kcovx.instrument import cache
-from kcovx.instrument.probes import probe_name
 from kcovx.instrument.rewrite import rewrite_source
 from kcovx.instrument.unit import Unit
 
@@ -21,7 +20,7 @@ def instrument_source(
     blocks.  SyntaxError as ``compile`` raises it."""
     raw = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source
     key = cache.cache_key(raw, filename, module)
-    unit = cache.load(key, module, filename, probe_name(source, filename, module))
+    unit = cache.load(key, module, filename)
     from_cache = unit is not None
     if unit is None:
         unit = rewrite_source(source, filename, module, set())
