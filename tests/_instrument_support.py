@@ -13,8 +13,11 @@ import itertools
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import kcovx
 from kcovx import instrument
@@ -77,3 +80,19 @@ def forget(*names: str) -> None:
     for name in list(sys.modules):
         if name in names or name.split(".")[0] in names:
             del sys.modules[name]
+
+
+def twins_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str, str], Twins]]:
+    """The body of a ``twins`` fixture: yields make(stem, source) -> Twins imported from
+    tmp_path; forgets them afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made: list[Twins] = []
+
+    def make(stem: str, source: str) -> Twins:
+        made.append(load_twins(tmp_path, stem, source))
+        return made[-1]
+
+    yield make
+    forget(*(m.__name__ for pair in made for m in pair))

@@ -47,6 +47,7 @@ from _instrument_support import (
     has_probe,
     load_twins,
     probe_of,
+    twins_factory,
     uid,
     write_module,
 )
@@ -88,15 +89,7 @@ def _instrumented(fn: Any) -> bool:
 @pytest.fixture
 def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Twins]]:
     """Factory: twins(stem, source) -> Twins imported from tmp_path (forgotten afterwards)."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    made: list[Twins] = []
-
-    def make(stem: str, source: str) -> Twins:
-        made.append(load_twins(tmp_path, stem, source))
-        return made[-1]
-
-    yield make
-    forget(*(m.__name__ for pair in made for m in pair))
+    yield from twins_factory(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

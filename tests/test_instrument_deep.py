@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _instrument_support import Twins, forget, load_twins, probe_of, uid, write_module
+from _instrument_support import (
+    Twins,
+    forget,
+    probe_of,
+    twins_factory,
+    uid,
+    write_module,
+)
 from _kcovx_support import Devices
 
 import kcovx
@@ -95,16 +102,9 @@ def _inputs(size: int) -> list[int]:
 
 @pytest.fixture
 def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Twins]]:
-    monkeypatch.syspath_prepend(str(tmp_path))
+    """Factory: twins(stem, source) -> Twins imported from tmp_path (forgotten afterwards)."""
     monkeypatch.setenv("KCOVX_CACHE_DIR", "")
-    made: list[Twins] = []
-
-    def make(stem: str, source: str) -> Twins:
-        made.append(load_twins(tmp_path, stem, source))
-        return made[-1]
-
-    yield make
-    forget(*(m.__name__ for pair in made for m in pair))
+    yield from twins_factory(tmp_path, monkeypatch)
 
 
 def _results(f: Callable[[int], object], size: int) -> list[object]:

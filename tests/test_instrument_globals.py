@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _instrument_support import Twins, forget, load_twins, probe_of, uid, write_module
+from _instrument_support import (
+    Twins,
+    forget,
+    probe_of,
+    twins_factory,
+    uid,
+    write_module,
+)
 from _kcovx_support import Devices
 
 import kcovx
@@ -50,15 +57,8 @@ def outer(n):
 
 @pytest.fixture
 def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Twins]]:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    made: list[Twins] = []
-
-    def make(stem: str, source: str) -> Twins:
-        made.append(load_twins(tmp_path, stem, source))
-        return made[-1]
-
-    yield make
-    forget(*(m.__name__ for pair in made for m in pair))
+    """Factory: twins(stem, source) -> Twins imported from tmp_path (forgotten afterwards)."""
+    yield from twins_factory(tmp_path, monkeypatch)
 
 
 def _rebuilt(fn: Any, globals_: dict[str, Any]) -> Any:
