@@ -335,11 +335,11 @@ def locate(new: ast.AST, at: Loc) -> ast.AST:
     return new
 
 
-def jump_loc(call: ast.expr, expr: ast.expr) -> Loc:
+def jump_loc(probe: ast.expr, expr: ast.expr) -> Loc:
     """Where the jump after a probe goes: at the probe, or when the probe has no position
     (see NO_LOC) at the first instruction of ``expr`` that has one (3.13's compiler
     miscounts the stack at some position-less jumps)."""
-    at = loc(call)
+    at = loc(probe)
     if at != NO_LOC:
         return at
     span = compiled_span(expr)
