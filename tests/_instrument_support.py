@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _kcovx_support import Devices
 
 import kcovx
 from kcovx import instrument
@@ -25,8 +26,11 @@ from kcovx._area import Probe
 
 PROBE = instrument.PROBE
 
-# The corpus: a module exercising every kind of block, as source text.
+# The corpus: a module exercising every kind of block, as source text, and the module
+# docstrings put before it (with and without ``from __future__ import annotations``).
 CORPUS = Path(__file__).with_name("instrument_corpus.py").read_text()
+HEADER = '"""Corpus docstring."""\n\n'
+HEADER_FUTURE = '"""Corpus docstring."""\n\nfrom __future__ import annotations\n\n'
 
 _ids = itertools.count()
 
@@ -96,3 +100,35 @@ def twins_factory(
 
     yield make
     forget(*(m.__name__ for pair in made for m in pair))
+
+
+def cases(mod: types.ModuleType) -> list[str]:
+    return sorted(n for n in vars(mod) if n.startswith("case_"))
+
+
+def instrumented(fn: Any) -> bool:
+    return has_probe(fn.__code__.co_names)
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
+    try:
+        return ("ok", fn())
+    except Exception as e:
+        return ("raised", type(e).__name__, str(e))
+
+
+def linux(devices: Devices, size: int = 4096) -> tuple[kcovx.Device, Any]:
+    """A linux-profile device of ``devices``, initialised, mapped and enabled."""
+    dev = devices.open("linux")
+    dev.init_trace(size)
+    area = dev.mmap()
+    dev.enable()
+    return dev, area
+
+
+def take(area: Any) -> list[int]:
+    """The PCs in ``area``, which is then reset."""
+    n = int(area[0])
+    out = [int(x) for x in area[1 : n + 1]]
+    area[0] = 0
+    return out

@@ -9,8 +9,9 @@ and arcs, the same code-object structure (names, flags, variables, line sets; 3.
 comprehensions stay inlined), docstrings, annotations (also ``from __future__ import
 annotations``), class namespaces (a ``__prepare__`` mapping never sees the probe), source and
 pickling, and the depth at which RecursionError is raised.  The corpus is
-tests/instrument_corpus.py.  The entry points are checked for what they accept and reach,
-the import hook for its matching rules and clean-up.  Recording: a linux device gets the
+tests/instrument_corpus.py.  (The entry points and the import hook: test_instrument_entry.py;
+code under other globals and at import: test_instrument_globals.py; deep nesting:
+test_instrument_deep.py; the code cache: test_cache.py.)  Recording: a linux device gets the
 blocks in execution order with repeats, a gvisor one each covered block once per flush; PCs
 are deterministic across processes, and threads record only where the profile says.
 """
@@ -29,7 +30,6 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 import threading
 import traceback
 import types
@@ -42,11 +42,18 @@ import coverage
 import pytest
 from _instrument_support import (
     CORPUS,
+    HEADER,
+    HEADER_FUTURE,
     Twins,
+    cases,
     forget,
     has_probe,
+    instrumented,
+    linux,
     load_twins,
+    outcome,
     probe_of,
+    take,
     twins_factory,
     uid,
     write_module,
@@ -55,7 +62,6 @@ from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
 from kcovx import instrument
-from kcovx._area import Probe
 
 PROBE = instrument.PROBE
 
@@ -63,13 +69,6 @@ PROBE = instrument.PROBE
 # ---------------------------------------------------------------------------------------------
 # The corpus (tests/instrument_corpus.py): one module exercising every construct the rewrite
 # touches.  Functions whose name starts with "case_" are called by the tests (no arguments).
-
-HEADER = '"""Corpus docstring."""\n\n'
-HEADER_FUTURE = '"""Corpus docstring."""\n\nfrom __future__ import annotations\n\n'
-
-
-def _cases(mod: types.ModuleType) -> list[str]:
-    return sorted(n for n in vars(mod) if n.startswith("case_"))
 
 
 def _probe_indices(code: types.CodeType) -> list[int]:
@@ -80,10 +79,6 @@ def _probe_indices(code: types.CodeType) -> list[int]:
         if isinstance(a.argval, str) and a.argval.startswith(PROBE) and b.opname == "LOAD_CONST":
             out.append(b.argval)
     return out
-
-
-def _instrumented(fn: Any) -> bool:
-    return has_probe(fn.__code__.co_names)
 
 
 @pytest.fixture
@@ -109,13 +104,6 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twin
 @pytest.fixture(params=["plain", "future"])
 def corpus(request: pytest.FixtureRequest, corpora: dict[str, Twins]) -> Twins:
     return corpora[request.param]
-
-
-def _outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
-    try:
-        return ("ok", fn())
-    except Exception as e:
-        return ("raised", type(e).__name__, str(e))
 
 
 def _simple(value: Any) -> Any:
@@ -145,10 +133,10 @@ def _traced(fn: Callable[[], Any], filename: str) -> tuple[list[tuple[Any, ...]]
     old = sys.gettrace()
     sys.settrace(tracer)
     try:
-        outcome = _outcome(fn)
+        result = outcome(fn)
     finally:
         sys.settrace(old)
-    return events, outcome
+    return events, result
 
 
 def _iter_code(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -168,22 +156,22 @@ def _lines(code: types.CodeType) -> set[int]:
 
 def test_corpus_is_instrumented_everywhere(corpus: Twins) -> None:
     plain, inst = corpus
-    for name in _cases(inst):
-        assert _instrumented(getattr(inst, name)), name
-        assert not _instrumented(getattr(plain, name)), name
-    assert _instrumented(inst.Tool.s) and _instrumented(inst.Outer.Inner.Deepest.where)
-    assert _instrumented(inst.Tool.__dict__["v"].fset)
-    assert _instrumented(inst.decorated.__wrapped__) and _instrumented(inst.decorated)
-    assert _instrumented(inst.cached.__wrapped__) and _instrumented(inst.managed.__wrapped__)
+    for name in cases(inst):
+        assert instrumented(getattr(inst, name)), name
+        assert not instrumented(getattr(plain, name)), name
+    assert instrumented(inst.Tool.s) and instrumented(inst.Outer.Inner.Deepest.where)
+    assert instrumented(inst.Tool.__dict__["v"].fset)
+    assert instrumented(inst.decorated.__wrapped__) and instrumented(inst.decorated)
+    assert instrumented(inst.cached.__wrapped__) and instrumented(inst.managed.__wrapped__)
 
 
 def test_results_and_exceptions_are_the_same(corpus: Twins) -> None:
     plain, inst = corpus
-    assert _cases(plain) == _cases(inst) and len(_cases(inst)) > 30
+    assert cases(plain) == cases(inst) and len(cases(inst)) > 30
     raised = set()
-    for name in _cases(inst):
-        expected = _outcome(getattr(plain, name))
-        got = _outcome(getattr(inst, name))
+    for name in cases(inst):
+        expected = outcome(getattr(plain, name))
+        got = outcome(getattr(inst, name))
         if name == "case_raise_recursion":
             _check_recursion_error(got, expected)
         else:
@@ -191,7 +179,7 @@ def test_results_and_exceptions_are_the_same(corpus: Twins) -> None:
         if got[0] == "raised":
             raised.add(name)
     # the cases that raise do raise, the others do not
-    assert raised == {n for n in _cases(inst) if n.startswith("case_raise_")}
+    assert raised == {n for n in cases(inst) if n.startswith("case_raise_")}
     # module-level code ran the same branches
     assert (inst.MODE, inst.HAVE) == (plain.MODE, plain.HAVE) == ("module-level else", False)
 
@@ -226,9 +214,7 @@ def test_recursion_depth_and_recursion_error(corpus: Twins) -> None:
     depth = _max_depth(plain.deep)
     assert sys.getrecursionlimit() - 50 < depth < sys.getrecursionlimit()
     assert _max_depth(inst.deep) == depth - RECURSION_SHORTFALL
-    _check_recursion_error(
-        _outcome(inst.case_raise_recursion), _outcome(plain.case_raise_recursion)
-    )
+    _check_recursion_error(outcome(inst.case_raise_recursion), outcome(plain.case_raise_recursion))
 
 
 def _frames(exc: BaseException, filename: str) -> list[tuple[Any, ...]]:
@@ -263,7 +249,7 @@ def test_tracebacks_are_the_same(corpus: Twins, case: str) -> None:
     frames = _frames(e_inst, inst.__file__)
     if case == "recursion":
         _check_recursion_error(
-            _outcome(lambda: _reraise(e_inst)), _outcome(lambda: _reraise(e_plain))
+            outcome(lambda: _reraise(e_inst)), outcome(lambda: _reraise(e_plain))
         )
         plain_frames = _frames(e_plain, plain.__file__)
         if not RECURSION_SHORTFALL:
@@ -288,7 +274,7 @@ def test_tracebacks_are_the_same(corpus: Twins, case: str) -> None:
 
 def test_settrace_events_are_the_same(corpus: Twins) -> None:
     plain, inst = corpus
-    for name in _cases(inst):
+    for name in cases(inst):
         if name == "case_raise_recursion":
             continue  # a thousand identical frames: covered by its traceback
         ev_plain, out_plain = _traced(getattr(plain, name), plain.__file__)
@@ -312,7 +298,7 @@ def test_settrace_events_of_module_and_class_bodies_are_the_same(
         else:
             with kcovx.instrument_imports(include=[name]):
                 ev, out = _traced(lambda n=name: importlib.import_module(n), str(path))
-            assert _instrumented(out[1].case_straight)
+            assert instrumented(out[1].case_straight)
         assert out[0] == "ok"
         events[kind] = ev
         del sys.modules[name]
@@ -686,7 +672,7 @@ def test_prepare_namespace_never_sees_the_probe(twins: Callable[..., Twins]) -> 
         assert ci().method() == ("AUTO_ONE", 1)
     bare_p, bare_i = plain.build_plain(), inst.build_plain()
     assert bare_i.log == bare_p.log and bare_i.keys == bare_p.keys
-    assert _instrumented(inst.build)
+    assert instrumented(inst.build)
 
 
 def test_coroutine_objects_behave_the_same(corpus: Twins) -> None:
@@ -731,9 +717,9 @@ def test_coverage_py_reports_the_same_lines_and_arcs(
     cov.start()
     try:
         plain, inst = load_twins(tmp_path, "cov", HEADER + CORPUS)
-        for name in _cases(inst):
+        for name in cases(inst):
             if name != "case_raise_recursion":
-                assert _outcome(getattr(inst, name)) == _outcome(getattr(plain, name))
+                assert outcome(getattr(inst, name)) == outcome(getattr(plain, name))
     finally:
         cov.stop()
     forget(plain.__name__, inst.__name__)
@@ -814,21 +800,6 @@ def _pcs_by_line(mod: types.ModuleType, function: str) -> dict[int, int]:
     return out
 
 
-def _linux(devices: Devices, size: int = 4096) -> tuple[kcovx.Device, Any]:
-    dev = devices.open("linux")
-    dev.init_trace(size)
-    area = dev.mmap()
-    dev.enable()
-    return dev, area
-
-
-def _take(area: Any) -> list[int]:
-    n = int(area[0])
-    out = [int(x) for x in area[1 : n + 1]]
-    area[0] = 0
-    return out
-
-
 def test_linux_records_blocks_in_order_with_repeats(
     rec: types.ModuleType, devices: Devices
 ) -> None:
@@ -837,9 +808,9 @@ def test_linux_records_blocks_in_order_with_repeats(
     names = ("entry", "body", "odd", "even", "after")
     assert set(pcs) == {line(m) for m in names}  # exactly these blocks
     entry, body, odd, even, after = (pcs[line(m)] for m in names)
-    _, area = _linux(devices)
+    _, area = linux(devices)
     assert rec.loop(4) == 2
-    got = _take(area)
+    got = take(area)
     assert got == [entry, body, even, body, odd, body, even, body, odd, after]
     for pc in got:
         block = kcovx.symbolize(pc)
@@ -852,11 +823,11 @@ def test_linux_records_blocks_in_order_with_repeats(
     # untaken branches record nothing
     c = _pcs_by_line(rec, "cond")
     assert rec.cond(False) == 1
-    assert _take(area) == [c[line("c-entry")], c[line("c-join")]]
+    assert take(area) == [c[line("c-entry")], c[line("c-join")]]
     assert rec.cond(True) == 2
-    assert _take(area) == [c[line("c-entry")], c[line("c-taken")], c[line("c-join")]]
+    assert take(area) == [c[line("c-entry")], c[line("c-taken")], c[line("c-join")]]
     assert rec.loop(0) == 0
-    assert _take(area) == [entry, after]
+    assert take(area) == [entry, after]
 
 
 def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices) -> None:
@@ -870,9 +841,9 @@ def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices
     entry, cond, elt = by_col[5].pc, by_col[col_cond].pc, by_col[col_elt].pc
     assert by_col[5].function == "pick"
     assert by_col[col_elt].function == by_col[col_cond].function == "pick.<locals>.<listcomp>"
-    _, area = _linux(devices)
+    _, area = linux(devices)
     assert rec.pick([1, 2, 3]) == [4, 6]
-    assert _take(area) == [entry, cond, cond, elt, cond, elt]
+    assert take(area) == [entry, cond, cond, elt, cond, elt]
     logic_line = _marker_line(RECORDED, "logic")
     lb = {
         b.start_col: b.pc
@@ -882,9 +853,9 @@ def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices
     b_col = text[logic_line - 1].index("and b") + len("and ") + 1
     assert set(lb) == {5, b_col}
     assert rec.logic(0, 1) == 0
-    assert _take(area) == [lb[5]]
+    assert take(area) == [lb[5]]
     assert rec.logic(1, 0) == 0
-    assert _take(area) == [lb[5], lb[b_col]]
+    assert take(area) == [lb[5], lb[b_col]]
 
 
 def test_gvisor_records_each_covered_block_once_per_flush(
@@ -903,22 +874,22 @@ def test_gvisor_records_each_covered_block_once_per_flush(
         area[0] = 0
         rec.loop(5)
         dev.flush()
-        assert _take(area) == [entry, body, even, odd, after]  # in first-covered order
+        assert take(area) == [entry, body, even, odd, after]  # in first-covered order
     rec.loop(1)
     dev.flush()
-    assert _take(area) == [entry, body, even, after]
+    assert take(area) == [entry, body, even, after]
     dev.disable()
 
 
 def test_recording_is_the_same_under_settrace_and_coverage(
     rec: types.ModuleType, devices: Devices, tmp_path: Path
 ) -> None:
-    _, area = _linux(devices)
+    _, area = linux(devices)
     rec.loop(6)
     rec.pick([3, 0])
-    expected = _take(area)
+    expected = take(area)
     events, _ = _traced(lambda: (rec.loop(6), rec.pick([3, 0])), rec.__file__)
-    assert _take(area) == expected
+    assert take(area) == expected
     assert any(e[0] == "line" for e in events)
     cov = coverage.Coverage(data_file=None, config_file=False, include=[rec.__file__])
     cov.start()
@@ -927,7 +898,7 @@ def test_recording_is_the_same_under_settrace_and_coverage(
         rec.pick([3, 0])
     finally:
         cov.stop()
-    assert _take(area) == expected
+    assert take(area) == expected
     assert _marker_line(RECORDED, "odd") in (cov.get_data().lines(rec.__file__) or [])
 
 
@@ -1003,7 +974,7 @@ def test_block_functions_are_the_code_objects_qualnames(corpus: Twins) -> None:
 def test_linux_blocks_of_other_threads_never_reach_the_owner(
     rec: types.ModuleType, devices: Devices
 ) -> None:
-    _, area = _linux(devices)
+    _, area = linux(devices)
     t = threading.Thread(target=rec.loop, args=(50,))
     t.start()
     t.join(TIMEOUT)
@@ -1025,14 +996,14 @@ def test_gvisor_blocks_of_other_threads_are_global(rec: types.ModuleType, device
     t.join(TIMEOUT)
     assert not t.is_alive()
     dev.flush()
-    assert sorted(_take(area)) == sorted(pcs.values())
+    assert sorted(take(area)) == sorted(pcs.values())
     dev.disable()
 
 
 def test_many_threads_running_the_same_code(rec: types.ModuleType, devices: Devices) -> None:
-    _, area = _linux(devices, size=16384)
+    _, area = linux(devices, size=16384)
     rec.loop(20)
-    one_run = _take(area)
+    one_run = take(area)
     assert len(one_run) == 42
     k = 100
     start = threading.Barrier(9, timeout=TIMEOUT)
@@ -1051,380 +1022,6 @@ def test_many_threads_running_the_same_code(rec: types.ModuleType, devices: Devi
         t.join(TIMEOUT)
         assert not t.is_alive()
     assert int(area[0]) == k * len(one_run)
-    assert _take(area) == one_run * k
+    assert take(area) == one_run * k
     assert mine == [90] * k
     assert len(results) == 8 and all(r == [90] * 200 for r in results)
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_func
-
-
-FUNCS = '''\
-import functools
-
-import kcovx
-
-
-def plain(x):
-    """Plain doc."""
-    if x:
-        return x * 2
-    return -1
-
-
-def outer(n):
-    def inner(k):
-        return [k + i for i in range(n)]
-
-    return inner
-
-
-class K:
-    def m(self, x):
-        return ("m", x)
-
-    @staticmethod
-    def s(x):
-        return ("s", x)
-
-    @classmethod
-    def c(cls, x):
-        return ("c", cls.__name__, x)
-
-
-first, second = (lambda: "first"), (lambda: "second")
-
-
-def nested_lambdas():
-    return [lambda: i for i in range(2)]
-
-
-@kcovx.instrument_func
-def decorated_at_def(x):
-    return [x + i for i in range(2)]
-
-
-def defined_global():
-    global made_global
-
-    def made_global():
-        return "made"
-
-    return made_global
-'''
-
-
-@pytest.fixture
-def funcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
-    """A fresh plainly imported module (FUNCS) for each test."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_funcs_{uid()}"
-    write_module(tmp_path, name, FUNCS)
-    importlib.invalidate_caches()
-    yield importlib.import_module(name)
-    del sys.modules[name]
-
-
-def test_instrument_func_instruments_in_place(funcs: types.ModuleType, devices: Devices) -> None:
-    f = funcs.plain
-    code = f.__code__
-    assert kcovx.instrument_func(f) is f
-    assert _instrumented(f) and f.__code__ is not code
-    assert isinstance(probe_of(vars(funcs)), Probe)
-    assert (f(3), f(0), f.__doc__, f.__name__) == (6, -1, "Plain doc.", "plain")
-    before = kcovx.blocks()
-    new_code = f.__code__
-    assert kcovx.instrument_func(f) is f  # idempotent
-    assert f.__code__ is new_code and kcovx.blocks() == before
-    # only that function's blocks (and those of the one instrumented at import)
-    mine = {b.function for b in before if b.file == funcs.__file__}
-    assert mine == {"plain", "decorated_at_def", "decorated_at_def.<locals>.<listcomp>"}
-    _, area = _linux(devices)
-    f(1)
-    got = _take(area)
-    assert [kcovx.symbolize(pc).function for pc in got] == ["plain", "plain"]
-    assert not _instrumented(funcs.outer)  # nothing else was touched
-
-
-def test_instrument_func_as_decorator_and_on_closures(funcs: types.ModuleType) -> None:
-    assert _instrumented(funcs.decorated_at_def) and funcs.decorated_at_def(1) == [1, 2]
-    lone, other = funcs.outer(2), funcs.outer(2)  # closures made by the plain outer
-    assert kcovx.instrument_func(lone) is lone
-    assert _instrumented(lone) and lone(5) == [5, 6]
-    assert not _instrumented(other) and not _instrumented(funcs.outer)
-    assert other(5) == [5, 6] and lone.__closure__[0].cell_contents == 2
-    outer = kcovx.instrument_func(funcs.outer)
-    inner = outer(3)  # made by the instrumented outer: instrumented too
-    assert _instrumented(inner) and inner(1) == [1, 2, 3]
-
-
-def test_instrument_func_on_methods(funcs: types.ModuleType) -> None:
-    obj = funcs.K()
-    bound = obj.m
-    assert kcovx.instrument_func(bound) is bound
-    assert _instrumented(funcs.K.m) and obj.m(1) == ("m", 1)
-    sm = funcs.K.__dict__["s"]
-    cm = funcs.K.__dict__["c"]
-    assert kcovx.instrument_func(sm) is sm and kcovx.instrument_func(cm) is cm
-    assert _instrumented(funcs.K.s) and _instrumented(funcs.K.c)
-    assert funcs.K.s(2) == ("s", 2) and funcs.K.c(3) == ("c", "K", 3)
-    assert kcovx.instrument_func(funcs.K.s) is funcs.K.s  # the plain function: idempotent
-
-
-def test_instrument_func_tells_apart_lambdas_on_one_line(funcs: types.ModuleType) -> None:
-    kcovx.instrument_func(funcs.second)
-    assert funcs.second() == "second" and not _instrumented(funcs.first)
-    kcovx.instrument_func(funcs.first)
-    assert (funcs.first(), funcs.second()) == ("first", "second")
-    made = funcs.nested_lambdas()
-    for f in made:
-        kcovx.instrument_func(f)
-    assert [f() for f in made] == [1, 1] and all(_instrumented(f) for f in made)
-    g = funcs.defined_global()
-    assert g.__qualname__ == "made_global"
-    assert kcovx.instrument_func(g)() == "made" and _instrumented(g)
-
-
-def test_instrument_func_rejects_what_it_cannot_instrument(
-    funcs: types.ModuleType, tmp_path: Path
-) -> None:
-    for bad in (len, 3, None, funcs.K, functools.partial(funcs.plain, 1), "plain", funcs):
-        with pytest.raises(TypeError):
-            kcovx.instrument_func(bad)
-    ns: dict[str, Any] = {}
-    exec("def from_string(x):\n    return x\n", ns)
-    with pytest.raises(ValueError, match="no source"):
-        kcovx.instrument_func(ns["from_string"])
-    assert ns["from_string"](4) == 4 and not _instrumented(ns["from_string"])
-    # the file changed after the import (same first line, other body): refused, untouched
-    path = Path(funcs.__file__)
-    path.write_text(FUNCS.replace("return x * 2", "return x * 3"))
-    os.utime(path, ns=(1, 10**18))
-    with pytest.raises(ValueError, match="does not match"):
-        kcovx.instrument_func(funcs.plain)
-    assert funcs.plain(2) == 4 and not _instrumented(funcs.plain)
-    # instrument_module skips it too instead of running the new code
-    kcovx.instrument_module(funcs)
-    assert funcs.plain(2) == 4 and not _instrumented(funcs.plain)
-    assert _instrumented(funcs.outer) and funcs.outer(1)(0) == [0]
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_module
-
-
-def test_instrument_module_reaches_every_function(tmp_path: Path) -> None:
-    name = f"kcx_mod_{uid()}"
-    path = write_module(tmp_path, name, HEADER_FUTURE + CORPUS)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        _check_instrument_module(mod)
-    finally:
-        del sys.modules[name]
-
-
-def _check_instrument_module(mod: types.ModuleType) -> None:
-    expected = {n: _outcome(getattr(mod, n)) for n in _cases(mod) if n != "case_raise_recursion"}
-    assert kcovx.instrument_module(mod) is mod
-    assert isinstance(probe_of(vars(mod)), Probe)
-    tool = vars(mod.Tool)
-    reached = [
-        mod.straight, mod.gen, mod.coro, mod.agen, mod.Point.__init__, mod.Color.describe,
-        mod.Color.__dict__["first"].__func__, mod.Item.total, mod.Outer.Inner.Deepest.where,
-        tool["s"].__func__, tool["c"].__func__, tool["v"].fget, tool["v"].fset,
-        tool["v"].fdel, tool["m"], mod.square, mod.decorated, mod.deco,
-        mod.decorated.__wrapped__, mod.cached.__wrapped__, mod.managed.__wrapped__,
-        *(getattr(mod, n) for n in _cases(mod)),
-    ]  # fmt: skip
-    for fn in reached:
-        assert _instrumented(fn), fn
-    assert not _instrumented(mod.managed)  # contextlib's helper, not defined in the module
-    assert not _instrumented(mod.Item.__init__)  # made by dataclasses from a string
-    assert not _instrumented(mod.functools.wraps)  # not defined in the module
-    got = {n: _outcome(getattr(mod, n)) for n in expected}
-    assert got == expected
-    assert kcovx.instrument_module(mod) is mod  # again: nothing changes
-    assert mod.case_loops() == expected["case_loops"][1]
-
-
-def test_instrument_module_errors(tmp_path: Path) -> None:
-    for bad in ("os", 3, None, len, kcovx.instrument_func):
-        with pytest.raises(TypeError):
-            kcovx.instrument_module(bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(sys)  # built in: no file
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(types.ModuleType("kcx_nofile"))
-    for own in (kcovx, kcovx.pcs, kcovx.instrument):
-        with pytest.raises(ValueError, match="kcovx itself"):
-            kcovx.instrument_module(own)
-    assert not _instrumented(kcovx.pcs.symbolize)
-    gone = types.ModuleType("kcx_gone")
-    gone.__file__ = str(tmp_path / "kcx_gone.py")
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(gone)
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_imports
-
-
-def _package(root: Path, pkg: str) -> None:
-    body = "def f():\n    return __name__\n"
-    (root / pkg).mkdir()
-    (root / pkg / "__init__.py").write_text(body)
-    for sub in ("sub", "other"):
-        (root / pkg / f"{sub}.py").write_text(body)
-    (root / f"{pkg}x.py").write_text(body)  # a name that only starts like the package
-    (root / f"{pkg}_out.py").write_text(body)
-
-
-def _package_names(pkg: str) -> tuple[str, ...]:
-    return (pkg, f"{pkg}x", f"{pkg}_out")
-
-
-def _import_all(pkg: str) -> dict[str, bool]:
-    out = {}
-    for name in (pkg, f"{pkg}.sub", f"{pkg}.other", f"{pkg}x", f"{pkg}_out"):
-        mod = importlib.import_module(name)
-        assert mod.f() == name
-        out[name] = _instrumented(mod.f)
-    return out
-
-
-@pytest.mark.parametrize(
-    ("include", "exclude", "instrumented"),
-    [
-        (["P"], [], {"P", "P.sub", "P.other"}),
-        (["P"], ["P.other"], {"P", "P.sub"}),
-        (["P.sub"], [], {"P.sub"}),
-        (["P.*"], [], {"P.sub", "P.other"}),
-        (["P*"], ["Px", "P.sub"], {"P", "P.other", "P_out"}),
-        (["P.sub"], ["P"], set()),  # exclude wins, also for a submodule
-        (["P", "P_out"], ["P"], {"P_out"}),
-        (None, [], {"P", "P.sub", "P.other", "Px", "P_out"}),  # under the directory
-        (None, ["P"], {"Px", "P_out"}),
-    ],
-)
-def test_import_hook_matching(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    include: list[str] | None,
-    exclude: list[str],
-    instrumented: set[str],
-) -> None:
-    pkg = f"kcx_pkg{uid()}"
-    _package(tmp_path, pkg)
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def sub(pattern: str) -> str:
-        return pattern.replace("P", pkg, 1)
-
-    try:
-        with kcovx.instrument_imports(
-            None if include is None else [sub(p) for p in include],
-            [sub(p) for p in exclude],
-            directory=str(tmp_path),
-        ):
-            got = _import_all(pkg)
-        assert {n for n, inst in got.items() if inst} == {sub(p) for p in instrumented}
-    finally:
-        forget(*_package_names(pkg))
-
-
-def test_import_hook_leaves_imported_modules_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pkg = f"kcx_pkg{uid()}"
-    _package(tmp_path, pkg)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        before = importlib.import_module(f"{pkg}.sub")
-        with kcovx.instrument_imports([pkg]):
-            again = importlib.import_module(f"{pkg}.sub")
-            other = importlib.import_module(f"{pkg}.other")
-        assert again is before and not _instrumented(again.f)
-        assert _instrumented(other.f)
-        assert not _instrumented(importlib.import_module(pkg).f)  # imported before, as parent
-    finally:
-        forget(*_package_names(pkg))
-
-
-def test_import_hook_instruments_the_stdlib_only_when_included() -> None:
-    spec = importlib.util.find_spec("colorsys")
-    assert spec is not None and spec.origin is not None
-    saved = sys.modules.pop("colorsys", None)
-    try:
-        with kcovx.instrument_imports(directory=os.path.dirname(spec.origin)):
-            plain = importlib.import_module("colorsys")
-        assert not _instrumented(plain.rgb_to_hsv)
-        del sys.modules["colorsys"]
-        with kcovx.instrument_imports(["colorsys"]):
-            inst = importlib.import_module("colorsys")
-        assert inst is not plain and _instrumented(inst.rgb_to_hsv)
-        for rgb in [(0.2, 0.4, 0.4), (1, 0, 0), (0.5, 0.5, 0.5), (0, 0.1, 0.9)]:
-            for conv in ("rgb_to_hsv", "rgb_to_hls", "rgb_to_yiq"):
-                assert getattr(inst, conv)(*rgb) == getattr(plain, conv)(*rgb)
-    finally:
-        sys.modules.pop("colorsys", None)
-        if saved is not None:
-            sys.modules["colorsys"] = saved
-
-
-def test_import_hook_never_instruments_kcovx(tmp_path: Path) -> None:
-    hook = kcovx.ImportHook(include=["kcovx", "kcovx.*", "*"])
-    for mod in (kcovx, kcovx.pcs, kcovx.instrument):
-        assert not hook.matches(mod.__name__, mod.__file__)
-    home = os.path.dirname(os.path.dirname(kcovx.__file__))
-    assert not kcovx.ImportHook(directory=home).matches("kcovx.pcs", kcovx.pcs.__file__)
-    script = textwrap.dedent(
-        """
-        import sys, kcovx
-        with kcovx.instrument_imports(["kcovx", "*"], directory="/"):
-            import kcovx.__main__ as m
-        probe = lambda names: any(n.startswith("__kcovx_pc") for n in names)
-        print(probe(m.main.__code__.co_names), probe(vars(m)))
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["False", "False"]
-
-
-def test_import_hook_removes_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = list(sys.meta_path)
-    with kcovx.instrument_imports(["nothing"]) as hook:
-        assert sys.meta_path[0] is hook and isinstance(hook, kcovx.ImportHook)
-    assert sys.meta_path == before
-    with pytest.raises(RuntimeError, match="boom"), kcovx.instrument_imports(["x"]) as hook:
-        assert hook in sys.meta_path
-        raise RuntimeError("boom")
-    assert sys.meta_path == before
-    # after the block, new imports are plain again
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_after_{uid()}"
-    write_module(tmp_path, name, "def f():\n    return 1\n")
-    importlib.invalidate_caches()
-    with kcovx.instrument_imports([name]):
-        pass
-    try:
-        assert not _instrumented(importlib.import_module(name).f)
-    finally:
-        sys.modules.pop(name, None)
-
-
-def test_import_hook_argument_errors() -> None:
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include="pkg")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(exclude="pkg")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include=[""])
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include=[3])  # type: ignore[list-item]
