@@ -4,7 +4,7 @@ The rewrite and the position oracle walk chains that nest one AST level per link
 not recursion: long elif chains, ``x if c else ...`` chains, operand chains (``a + b + ...``,
 ``a < b < ...``, ``and``/``or``), ``not not ...``, attribute and call chains.  Each is
 checked at the sizes of the bug report (250 elifs, 500 terms) and at sizes well beyond the
-recursion limit, through the import hook and through ``instrument_module``; the results
+recursion limit, through the import hook, ``instrument_module`` and ``kcovx run``; the results
 must equal plain code's, and every branch taken must record.  (3.12 refuses AST trees about
 1,500 levels deep that its source compiler accepts; there the largest size is below that.)
 """
@@ -12,6 +12,7 @@ must equal plain code's, and every branch taken must record.  (3.12 refuses AST 
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,3 +161,15 @@ def test_instrument_module_handles_deep_code(
         assert _results(mod.f, DEEP) == before
     finally:
         forget(name)
+
+
+def test_kcovx_run_of_a_deep_script(tmp_path: Path) -> None:
+    script = tmp_path / "deep_prog.py"
+    calls = "import sys\nprint(f(int(sys.argv[1])), g(3))\n"
+    script.write_text(_elifs(DEEP) + _chain("+", DEEP).replace("def f", "def g") + calls)
+    out = subprocess.run(
+        [sys.executable, "-m", "kcovx", "run", "--output", str(tmp_path / "c"), str(script), "7"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == f"14 {3 * DEEP}"
