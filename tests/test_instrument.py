@@ -8,11 +8,12 @@ of generated snippets that put probes in every kind of position), the same cover
 and arcs, the same code-object structure (names, flags, variables, line sets; 3.12+
 comprehensions stay inlined), docstrings, annotations (also ``from __future__ import
 annotations``), class namespaces (a ``__prepare__`` mapping never sees the probe), source and
-pickling.  One known deviation is pinned, not hidden: on 3.11 the probe (a builtin call)
-counts against the recursion limit.  The entry points are checked for what they accept and
-reach, the import hook for its matching rules and clean-up.  Recording: a linux device gets
-the blocks in execution order with repeats, a gvisor one each covered block once per flush;
-PCs are deterministic across processes, and threads record only where the profile says.
+pickling, and the depth at which RecursionError is raised.  The corpus is
+tests/instrument_corpus.py.  (The entry points and the import hook: test_instrument_entry.py;
+code under other globals and at import: test_instrument_globals.py; deep nesting:
+test_instrument_deep.py; the code cache: test_cache.py.)  Recording: a linux device gets the
+blocks in execution order with repeats, a gvisor one each covered block once per flush; PCs
+are deterministic across processes, and threads record only where the profile says.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 import threading
 import traceback
 import types
@@ -40,673 +40,35 @@ from typing import Any
 
 import coverage
 import pytest
+from _instrument_support import (
+    CORPUS,
+    HEADER,
+    HEADER_FUTURE,
+    Twins,
+    cases,
+    forget,
+    has_probe,
+    instrumented,
+    linux,
+    load_twins,
+    outcome,
+    probe_of,
+    take,
+    twins_factory,
+    uid,
+    write_module,
+)
 from _kcovx_support import TIMEOUT, Devices
 
 import kcovx
 from kcovx import instrument
-from kcovx._area import Probe
 
 PROBE = instrument.PROBE
-_ids = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------
-# The corpus: one module exercising every construct the rewrite touches.  Functions whose name
-# starts with "case_" are called by the tests (no arguments).
-
-CORPUS = '''\
-import contextlib
-import dataclasses
-import enum
-import functools
-import types
-
-COUNTER = 0
-CLOSED = []
-MODULE_VAR: (int or None) = 3
-
-if COUNTER:
-    MODE = "never"
-elif CLOSED:
-    MODE = "never either"
-else:
-    MODE = "module-level else"
-
-try:
-    import no_such_module_kcovx_test  # noqa
-except ImportError:
-    HAVE = False
-else:
-    HAVE = True
-
-
-def deco(f):
-    @functools.wraps(f)
-    def wrapper(*a, **k):
-        return ("deco", f(*a, **k))
-
-    return wrapper
-
-
-def straight(x, y=2, *rest, z=3, **kw):
-    """Docstring of straight."""
-    total = x + y + z
-    total += sum(rest) + sum(kw.values())
-    return total
-
-
-def branches(n):
-    if n < 0:
-        return "neg"
-    elif n == 0:
-        out = "zero"
-    else:
-        out = "pos"
-    if n > 100: out += "!"
-    return out
-
-
-def loops(n):
-    acc = []
-    for i in range(n):
-        if i == 3:
-            continue
-        if i == 7:
-            break
-        acc.append(i)
-    else:
-        acc.append("for-else")
-    j = 0
-    while j < n:
-        j += 1
-        if j == 5:
-            break
-    else:
-        acc.append("while-else")
-    while True:
-        j -= 1
-        if j <= 0:
-            break
-    for k in range(2): acc.append(k)
-    return acc, j
-
-
-def boolops(a, b, c):
-    x = a and b or c
-    y = (a or
-         b) and not c
-    z = b if a else c
-    w = (b
-         if a
-         else c)
-    return x, y, z, w, a and (b or c), [v for v in (a, b, c) if v and v > 1]
-
-
-def walrus(xs):
-    if (n := len(xs)) > 2:
-        pass
-    ys = [y for x in xs if (y := x * 2) > 2]
-    return n, ys, y
-
-
-def comprehensions(n):
-    squares = [fib(i) for i in range(n) if less(i % 2, 1)]
-    evens = {i for i in range(n) if not i % 2}
-    table = {i: [j for j in range(i)] for i in range(n)}
-    gen = sum(x for x in range(n) if x > 1)
-    nested = [(i, j) for i in range(n) for j in range(i) if i + j > 1 if j]
-    rows = [
-        {
-            "i": i,
-            "sq": i * i,
-        }
-        for i in range(n)
-    ]
-    return squares, sorted(evens), table, gen, nested, rows
-
-
-def closures(n):
-    count = 0
-
-    def inc(k=1):
-        nonlocal count
-        count += k
-        return count
-
-    adders = [lambda x, i=i: x + i for i in range(n)]
-    return [inc() for _ in range(n)], [f(10) for f in adders], (lambda: count)()
-
-
-def tries(mode):
-    log = []
-    try:
-        log.append("try")
-        if mode == 1:
-            raise ValueError("one")
-        if mode == 2:
-            return log + ["return-in-try"]
-    except ValueError as e:
-        log.append(f"except {e}")
-    except (TypeError, KeyError):
-        log.append("never")
-    else:
-        log.append("else")
-    finally:
-        log.append("finally")
-    return log
-
-
-@contextlib.contextmanager
-def managed(log):
-    log.append("enter")
-    try:
-        yield len(log)
-    finally:
-        log.append("exit")
-
-
-def with_suppress(mode):
-    log = []
-    with managed(log) as n:
-        log.append(n)
-    with contextlib.suppress(KeyError):
-        log.append("body")
-        if mode:
-            raise KeyError(mode)
-        log.append("no-raise")
-    log.append("after")
-    with contextlib.nullcontext(5) as v, contextlib.nullcontext(6) as w:
-        log.append(v + w)
-    return log
-
-
-class Point:
-    __match_args__ = ("x", "y")
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-
-def less(x, y):
-    return x < y
-
-
-def matcher(value):
-    match value:
-        case 0 | 1:
-            return "small"
-        case [x, y, *rest] if less(x, y):
-            return ("seq", x, y, rest)
-        case {"k": v, **others}:
-            return ("map", v, others)
-        case Point(x=0, y=y):
-            return ("point-on-axis", y)
-        case str() as s if len(s) > 3:
-            return "long-str"
-        case _:
-            return "other"
-
-
-def fib(n):
-    return n if n < 2 else fib(n - 1) + fib(n - 2)
-
-
-def deep(n):
-    return 0 if n == 0 else 1 + deep(n - 1)
-
-
-def forever(n):
-    return forever(n + 1)
-
-
-def gen(n):
-    """A generator."""
-    total = 0
-    for i in range(n):
-        got = yield i
-        if got:
-            total += got
-    return total
-
-
-def delegate(n):
-    result = yield from gen(n)
-    yield ("result", result)
-
-
-def closing_gen():
-    try:
-        yield 1
-        yield 2
-    finally:
-        CLOSED.append("closed")
-
-
-@types.coroutine
-def tick():
-    yield "tick"
-
-
-def run(aw):
-    ticks = 0
-    while True:
-        try:
-            aw.send(None)
-        except StopIteration as stop:
-            return ticks, stop.value
-        ticks += 1
-
-
-class AsyncCM:
-    async def __aenter__(self):
-        await tick()
-        return 100
-
-    async def __aexit__(self, *exc):
-        return exc[0] is KeyError
-
-
-async def agen(n):
-    for i in range(n):
-        await tick()
-        yield i
-
-
-async def coro(n):
-    await tick()
-    total = 0
-    async for v in agen(n):
-        total += v
-    async with AsyncCM() as cm:
-        total += cm
-    async with AsyncCM():
-        raise KeyError("swallowed")
-    return total, [v async for v in agen(n) if v % 2], {v: v async for v in agen(2)}
-
-
-def groups(mode):
-    log = []
-    excs = [ValueError(1), TypeError(2), KeyError(3), OSError(4)][:mode]
-    try:
-        raise ExceptionGroup("eg", excs)
-    except* ValueError as eg:
-        log.append(("value", len(eg.exceptions)))
-    except* TypeError:
-        log.append("type")
-    except* KeyError as eg:
-        log.append(("key", repr(eg.exceptions[0])))
-    return log
-
-
-def make_class(flag):
-    class Local:
-        """Local doc."""
-
-        kind = "a" if flag else "b"
-        items = [len(str(i)) * 2 for i in range(3) if i]
-        kinds = [kind] * 2
-        if flag:
-            extra = 1
-        else:
-            extra = 2
-
-        def method(self):
-            return (self.kind, self.extra, __class__.__name__)
-
-        @staticmethod
-        def smeth(x):
-            return x * 2
-
-        @classmethod
-        def cmeth(cls):
-            return cls.__qualname__
-
-        @property
-        def prop(self):
-            return self.extra + 1
-
-    obj = Local()
-    names = sorted(vars(Local))
-    return obj.method(), Local.smeth(3), Local.cmeth(), obj.prop, Local.items, Local.__doc__, names
-
-
-def raiser(kind):
-    data = {"a": 1}
-    if kind == "key":
-        return data["missing"]
-    if kind == "attr":
-        return data.missing_attribute
-    if kind == "zero":
-        return (1 +
-                2) // (kind == "never")
-    if kind == "nested":
-        return [1 / (x - 1) for x in range(3)]
-    if kind == "lambda":
-        f = lambda v: v.undefined
-        return f(3)
-    if kind == "gen":
-        return list(failing_gen())
-    if kind == "group":
-        return groups(4)
-    assert kind == "ok", ("bad kind", kind)
-    return "ok"
-
-
-def failing_gen():
-    yield 1
-    raise RuntimeError("in generator")
-
-
-def multiline():
-    x = (
-        fib(3)
-    )
-    d = {
-        "a": fib(2),
-    }
-    return (
-        x
-        + d["a"]
-    )
-
-
-def only_doc():
-    """Only a docstring."""
-
-
-def only_ellipsis():
-    ...
-
-
-def declares_global():
-    global COUNTER
-    COUNTER = COUNTER + 1
-    return COUNTER
-
-
-@deco
-def decorated(x):
-    return x + 1
-
-
-@functools.lru_cache(maxsize=None)
-def cached(x):
-    return x * 3
-
-
-def decorated_inner(x):
-    @deco
-    @functools.lru_cache(maxsize=None)
-    def inner(y):
-        return y * x
-
-    return inner(3)
-
-
-def string_stmt(flag):
-    if flag:
-        "not a docstring"
-        return 1
-    return 2
-
-
-def annotated(x: int | None = None, *args: "Point", key: (int or str) = 1,
-              **kw: dict[str, int]) -> list[int] if True else None:
-    y: (int or str) = 1
-    return [x, y, key]
-
-
-class Annotated:
-    a: int = 1
-    b: (str or bytes)
-    c: "Point" = None
-
-
-two_lambdas = (lambda: "first"), (lambda: "second")
-square = lambda v: v * v
-
-
-class Color(enum.Enum):
-    RED = 1
-    GREEN = 2
-    BLUE = enum.auto()
-
-    def describe(self):
-        return f"{self.name}={self.value}"
-
-    @classmethod
-    def first(cls):
-        return next(iter(cls))
-
-
-@dataclasses.dataclass(order=True)
-class Item:
-    name: str
-    qty: int = 0
-    tags: list = dataclasses.field(default_factory=list)
-
-    def total(self, price):
-        return self.qty * price
-
-
-class Outer:
-    class Inner:
-        class Deepest:
-            def where(self):
-                return type(self).__qualname__
-
-
-class Tool:
-    """Tool doc."""
-
-    def __init__(self, v):
-        self._v = v
-
-    @staticmethod
-    def s(x):
-        return x + 1
-
-    @classmethod
-    def c(cls, x):
-        return (cls.__name__, x)
-
-    @property
-    def v(self):
-        return self._v
-
-    @v.setter
-    def v(self, value):
-        self._v = value * 10
-
-    @v.deleter
-    def v(self):
-        self._v = None
-
-    def m(self, y):
-        return self._v + y
-
-
-# ---- the cases -------------------------------------------------------------------------------
-
-def case_straight():
-    return straight(1), straight(1, 2, 3, 4, z=5, extra=6), straight.__doc__
-
-
-def case_branches():
-    return [branches(n) for n in (-1, 0, 1, 101)]
-
-
-def case_loops():
-    return loops(2), loops(5), loops(10)
-
-
-def case_boolops():
-    return [boolops(a, b, c) for a in (0, 2) for b in (0, 3) for c in (0, 1)]
-
-
-def case_walrus():
-    return walrus([1, 2, 3]), walrus([0])
-
-
-def case_comprehensions():
-    return comprehensions(5)
-
-
-def case_closures():
-    return closures(3)
-
-
-def case_tries():
-    return tries(0), tries(1), tries(2)
-
-
-def case_with():
-    return with_suppress(0), with_suppress(1)
-
-
-def case_match():
-    values = [0, [1, 2, 3], [3, 2], {"k": 1, "z": 2}, Point(0, 5), Point(1, 5), "long!", "ab"]
-    return [matcher(v) for v in values]
-
-
-def case_recursion():
-    return fib(12), deep(300)
-
-
-def case_generators():
-    g = gen(4)
-    out = [next(g), g.send(5), g.send(0)]
-    try:
-        while True:
-            out.append(next(g))
-    except StopIteration as stop:
-        out.append(("stop", stop.value))
-    out.extend(delegate(3))
-    g2 = gen(10)
-    next(g2)
-    try:
-        g2.throw(ValueError("thrown"))
-    except ValueError as e:
-        out.append(str(e))
-    g3 = closing_gen()
-    next(g3)
-    g3.close()
-    out.append(CLOSED[-1])
-    return out
-
-
-def case_coroutines():
-    async def collect():
-        return [v async for v in agen(3)]
-
-    return run(coro(4)), run(collect())
-
-
-def case_groups():
-    return groups(1), groups(2), groups(3)
-
-
-def case_class_bodies():
-    return make_class(True), make_class(False)
-
-
-def case_multiline():
-    return multiline()
-
-
-def case_empty_bodies():
-    return only_doc(), only_doc.__doc__, only_ellipsis(), string_stmt(1), string_stmt(0)
-
-
-def case_globals():
-    return declares_global() - declares_global()
-
-
-def case_decorators():
-    return decorated(1), decorated.__name__, decorated_inner(2), cached(2), cached(2)
-
-
-def case_lambdas():
-    return [f() for f in two_lambdas], (lambda *a, k=3: (a, k))(1, 2), square(4)
-
-
-def case_annotations():
-    return annotated(5), annotated.__annotations__, Annotated.__annotations__
-
-
-def case_enum_dataclass():
-    items = sorted([Item("b", 2), Item("a", 1, ["t"])])
-    return (
-        [c.describe() for c in Color], Color.first().name, Color(2).name,
-        repr(items), items[0] == Item("a", 1, ["t"]), items[1].total(3),
-        Outer.Inner.Deepest().where(),
-    )
-
-
-def case_methods():
-    t = Tool(2)
-    out = [Tool.s(1), Tool.c(2), t.v, t.m(3)]
-    t.v = 4
-    out.append(t.v)
-    del t.v
-    out.append(t.v)
-    return out
-
-
-def case_raise_key():
-    return raiser("key")
-
-
-def case_raise_attr():
-    return raiser("attr")
-
-
-def case_raise_zero():
-    return raiser("zero")
-
-
-def case_raise_nested():
-    return raiser("nested")
-
-
-def case_raise_lambda():
-    return raiser("lambda")
-
-
-def case_raise_gen():
-    return raiser("gen")
-
-
-def case_raise_group():
-    return raiser("group")
-
-
-def case_raise_assert():
-    return raiser("assert")
-
-
-def case_raise_recursion():
-    return forever(0)
-'''
-
-HEADER = '"""Corpus docstring."""\n\n'
-HEADER_FUTURE = '"""Corpus docstring."""\n\nfrom __future__ import annotations\n\n'
-
-
-def _cases(mod: types.ModuleType) -> list[str]:
-    return sorted(n for n in vars(mod) if n.startswith("case_"))
-
-
-def _has_probe(names: Any) -> bool:
-    """Whether any of ``names`` (strings or anything else) is a probe name."""
-    return any(isinstance(n, str) and n.startswith(PROBE) for n in names)
-
-
-def _probe_of(namespace: Any) -> Any:
-    """The probe bound in ``namespace`` (a kcovx.Probe), or None."""
-    found = [v for k, v in namespace.items() if isinstance(k, str) and k.startswith(PROBE)]
-    assert len(found) <= 1, found
-    return found[0] if found else None
+# The corpus (tests/instrument_corpus.py): one module exercising every construct the rewrite
+# touches.  Functions whose name starts with "case_" are called by the tests (no arguments).
 
 
 def _probe_indices(code: types.CodeType) -> list[int]:
@@ -719,54 +81,10 @@ def _probe_indices(code: types.CodeType) -> list[int]:
     return out
 
 
-def _instrumented(fn: Any) -> bool:
-    return _has_probe(fn.__code__.co_names)
-
-
-class Twins(typing.NamedTuple):
-    plain: types.ModuleType
-    inst: types.ModuleType
-
-
-def _write(folder: Path, name: str, source: str) -> Path:
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    return path
-
-
-def _load_twins(folder: Path, stem: str, source: str) -> Twins:
-    uid = next(_ids)
-    plain_name, inst_name = f"kcx_{stem}_{uid}_plain", f"kcx_{stem}_{uid}_inst"
-    _write(folder, plain_name, source)
-    _write(folder, inst_name, source)
-    importlib.invalidate_caches()
-    plain = importlib.import_module(plain_name)
-    with kcovx.instrument_imports(include=[inst_name]):
-        inst = importlib.import_module(inst_name)
-    assert isinstance(_probe_of(vars(inst)), Probe)
-    assert _probe_of(vars(plain)) is None
-    return Twins(plain, inst)
-
-
-def _forget(*names: str) -> None:
-    """Drop these modules (and their submodules) from sys.modules."""
-    for name in list(sys.modules):
-        if name in names or name.split(".")[0] in names:
-            del sys.modules[name]
-
-
 @pytest.fixture
 def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Twins]]:
     """Factory: twins(stem, source) -> Twins imported from tmp_path (forgotten afterwards)."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    made: list[Twins] = []
-
-    def make(stem: str, source: str) -> Twins:
-        made.append(_load_twins(tmp_path, stem, source))
-        return made[-1]
-
-    yield make
-    _forget(*(m.__name__ for pair in made for m in pair))
+    yield from twins_factory(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -775,24 +93,17 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twin
     sys.path.insert(0, str(folder))
     made: dict[str, Twins] = {}
     try:
-        made["plain"] = _load_twins(folder, "corpus", HEADER + CORPUS)
-        made["future"] = _load_twins(folder, "corpusf", HEADER_FUTURE + CORPUS)
+        made["plain"] = load_twins(folder, "corpus", HEADER + CORPUS)
+        made["future"] = load_twins(folder, "corpusf", HEADER_FUTURE + CORPUS)
         yield made
     finally:
         sys.path.remove(str(folder))
-        _forget(*(m.__name__ for pair in made.values() for m in pair))
+        forget(*(m.__name__ for pair in made.values() for m in pair))
 
 
 @pytest.fixture(params=["plain", "future"])
 def corpus(request: pytest.FixtureRequest, corpora: dict[str, Twins]) -> Twins:
     return corpora[request.param]
-
-
-def _outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
-    try:
-        return ("ok", fn())
-    except Exception as e:
-        return ("raised", type(e).__name__, str(e))
 
 
 def _simple(value: Any) -> Any:
@@ -822,10 +133,10 @@ def _traced(fn: Callable[[], Any], filename: str) -> tuple[list[tuple[Any, ...]]
     old = sys.gettrace()
     sys.settrace(tracer)
     try:
-        outcome = _outcome(fn)
+        result = outcome(fn)
     finally:
         sys.settrace(old)
-    return events, outcome
+    return events, result
 
 
 def _iter_code(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -845,22 +156,22 @@ def _lines(code: types.CodeType) -> set[int]:
 
 def test_corpus_is_instrumented_everywhere(corpus: Twins) -> None:
     plain, inst = corpus
-    for name in _cases(inst):
-        assert _instrumented(getattr(inst, name)), name
-        assert not _instrumented(getattr(plain, name)), name
-    assert _instrumented(inst.Tool.s) and _instrumented(inst.Outer.Inner.Deepest.where)
-    assert _instrumented(inst.Tool.__dict__["v"].fset)
-    assert _instrumented(inst.decorated.__wrapped__) and _instrumented(inst.decorated)
-    assert _instrumented(inst.cached.__wrapped__) and _instrumented(inst.managed.__wrapped__)
+    for name in cases(inst):
+        assert instrumented(getattr(inst, name)), name
+        assert not instrumented(getattr(plain, name)), name
+    assert instrumented(inst.Tool.s) and instrumented(inst.Outer.Inner.Deepest.where)
+    assert instrumented(inst.Tool.__dict__["v"].fset)
+    assert instrumented(inst.decorated.__wrapped__) and instrumented(inst.decorated)
+    assert instrumented(inst.cached.__wrapped__) and instrumented(inst.managed.__wrapped__)
 
 
 def test_results_and_exceptions_are_the_same(corpus: Twins) -> None:
     plain, inst = corpus
-    assert _cases(plain) == _cases(inst) and len(_cases(inst)) > 30
+    assert cases(plain) == cases(inst) and len(cases(inst)) > 30
     raised = set()
-    for name in _cases(inst):
-        expected = _outcome(getattr(plain, name))
-        got = _outcome(getattr(inst, name))
+    for name in cases(inst):
+        expected = outcome(getattr(plain, name))
+        got = outcome(getattr(inst, name))
         if name == "case_raise_recursion":
             _check_recursion_error(got, expected)
         else:
@@ -868,7 +179,7 @@ def test_results_and_exceptions_are_the_same(corpus: Twins) -> None:
         if got[0] == "raised":
             raised.add(name)
     # the cases that raise do raise, the others do not
-    assert raised == {n for n in _cases(inst) if n.startswith("case_raise_")}
+    assert raised == {n for n in cases(inst) if n.startswith("case_raise_")}
     # module-level code ran the same branches
     assert (inst.MODE, inst.HAVE) == (plain.MODE, plain.HAVE) == ("module-level else", False)
 
@@ -903,9 +214,7 @@ def test_recursion_depth_and_recursion_error(corpus: Twins) -> None:
     depth = _max_depth(plain.deep)
     assert sys.getrecursionlimit() - 50 < depth < sys.getrecursionlimit()
     assert _max_depth(inst.deep) == depth - RECURSION_SHORTFALL
-    _check_recursion_error(
-        _outcome(inst.case_raise_recursion), _outcome(plain.case_raise_recursion)
-    )
+    _check_recursion_error(outcome(inst.case_raise_recursion), outcome(plain.case_raise_recursion))
 
 
 def _frames(exc: BaseException, filename: str) -> list[tuple[Any, ...]]:
@@ -940,7 +249,7 @@ def test_tracebacks_are_the_same(corpus: Twins, case: str) -> None:
     frames = _frames(e_inst, inst.__file__)
     if case == "recursion":
         _check_recursion_error(
-            _outcome(lambda: _reraise(e_inst)), _outcome(lambda: _reraise(e_plain))
+            outcome(lambda: _reraise(e_inst)), outcome(lambda: _reraise(e_plain))
         )
         plain_frames = _frames(e_plain, plain.__file__)
         if not RECURSION_SHORTFALL:
@@ -965,7 +274,7 @@ def test_tracebacks_are_the_same(corpus: Twins, case: str) -> None:
 
 def test_settrace_events_are_the_same(corpus: Twins) -> None:
     plain, inst = corpus
-    for name in _cases(inst):
+    for name in cases(inst):
         if name == "case_raise_recursion":
             continue  # a thousand identical frames: covered by its traceback
         ev_plain, out_plain = _traced(getattr(plain, name), plain.__file__)
@@ -981,15 +290,15 @@ def test_settrace_events_of_module_and_class_bodies_are_the_same(
     monkeypatch.syspath_prepend(str(tmp_path))
     events = {}
     for kind in ("plain", "inst"):
-        name = f"kcx_import_trace_{next(_ids)}_{kind}"
-        path = _write(tmp_path, name, HEADER + CORPUS)
+        name = f"kcx_import_trace_{uid()}_{kind}"
+        path = write_module(tmp_path, name, HEADER + CORPUS)
         importlib.invalidate_caches()
         if kind == "plain":
             ev, out = _traced(lambda n=name: importlib.import_module(n), str(path))
         else:
             with kcovx.instrument_imports(include=[name]):
                 ev, out = _traced(lambda n=name: importlib.import_module(n), str(path))
-            assert _instrumented(out[1].case_straight)
+            assert instrumented(out[1].case_straight)
         assert out[0] == "ok"
         events[kind] = ev
         del sys.modules[name]
@@ -1036,11 +345,11 @@ def case():
 def _battery(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run case() of ``source`` plain and instrumented under sys.settrace; same events."""
     monkeypatch.setenv("KCOVX_CACHE_DIR", "")  # thousands of throwaway sources
-    filename = f"/virtual/kcx_battery_{next(_ids)}.py"
+    filename = f"/virtual/kcx_battery_{uid()}.py"
     plain: dict[str, Any] = {}
     exec(compile(source, filename, "exec", dont_inherit=True), plain)
     unit = instrument.instrument_source(source, filename, "kcx_battery", register=False)
-    assert _has_probe(unit.code.co_names)
+    assert has_probe(unit.code.co_names)
     inst: dict[str, Any] = {}
     unit.install(inst)
     exec(unit.code, inst)
@@ -1194,7 +503,7 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
         ):  # fmt: skip
             assert getattr(i, attr) == getattr(p, attr), (where, attr)
         varnames = i.co_varnames
-        if _has_probe(varnames):
+        if has_probe(varnames):
             # 3.12+ gives every name used in a comprehension inlined in a class body a hidden
             # fast-local slot (plain code does it too, e.g. for len below); no namespace access
             assert sys.version_info >= (3, 12) and where.endswith("Local"), where
@@ -1203,7 +512,7 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
         assert varnames == p.co_varnames, where
         assert _lines(i) == _lines(p), where
         assert {n for n in i.co_names if not n.startswith(PROBE)} == set(p.co_names), where
-        assert _has_probe(i.co_names), where  # every scope records its entry
+        assert has_probe(i.co_names), where  # every scope records its entry
         if p.co_consts and isinstance(p.co_consts[0], str):
             assert i.co_consts[0] == p.co_consts[0], where  # the docstring
 
@@ -1266,13 +575,13 @@ def test_enum_dataclass_and_classes_never_hold_the_probe(corpus: Twins) -> None:
     plain, inst = corpus
     for cls in ("Point", "Color", "Item", "Outer", "Tool", "Annotated", "AsyncCM"):
         assert list(vars(getattr(inst, cls))) == list(vars(getattr(plain, cls))), cls
-        assert _probe_of(vars(getattr(inst, cls))) is None
+        assert probe_of(vars(getattr(inst, cls))) is None
     assert list(inst.Color.__members__) == ["RED", "GREEN", "BLUE"]
     assert [f.name for f in dataclasses.fields(inst.Item)] == ["name", "qty", "tags"]
     # dataclass-made methods are not instrumented (no source) but work
     assert inst.Item.__init__.__code__.co_filename != inst.__file__
     local = inst.make_class(True)
-    assert not _has_probe(local[-1]) and local == plain.make_class(True)
+    assert not has_probe(local[-1]) and local == plain.make_class(True)
     assert inst.Outer.Inner.Deepest.__qualname__ == "Outer.Inner.Deepest"
 
 
@@ -1357,13 +666,13 @@ def test_prepare_namespace_never_sees_the_probe(twins: Callable[..., Twins]) -> 
         assert ci.log == cp.log and ci.keys == cp.keys, flag
         assert ci.Nested.log == cp.Nested.log and ci.Nested.keys == cp.Nested.keys
         for entry in [*ci.log, *ci.Nested.log]:
-            assert not _has_probe(entry)
-        assert not _has_probe(ci.keys) and _probe_of(vars(ci)) is None
+            assert not has_probe(entry)
+        assert not has_probe(ci.keys) and probe_of(vars(ci)) is None
         assert ("missing", "auto_one") in ci.log and ci.first == "AUTO_ONE"
         assert ci().method() == ("AUTO_ONE", 1)
     bare_p, bare_i = plain.build_plain(), inst.build_plain()
     assert bare_i.log == bare_p.log and bare_i.keys == bare_p.keys
-    assert _instrumented(inst.build)
+    assert instrumented(inst.build)
 
 
 def test_coroutine_objects_behave_the_same(corpus: Twins) -> None:
@@ -1407,13 +716,13 @@ def test_coverage_py_reports_the_same_lines_and_arcs(
     cov.set_option("run:core", core)
     cov.start()
     try:
-        plain, inst = _load_twins(tmp_path, "cov", HEADER + CORPUS)
-        for name in _cases(inst):
+        plain, inst = load_twins(tmp_path, "cov", HEADER + CORPUS)
+        for name in cases(inst):
             if name != "case_raise_recursion":
-                assert _outcome(getattr(inst, name)) == _outcome(getattr(plain, name))
+                assert outcome(getattr(inst, name)) == outcome(getattr(plain, name))
     finally:
         cov.stop()
-    _forget(plain.__name__, inst.__name__)
+    forget(plain.__name__, inst.__name__)
     data = cov.get_data()
     lines_plain = data.lines(plain.__file__)
     lines_inst = data.lines(inst.__file__)
@@ -1473,8 +782,8 @@ def _marker_line(source: str, marker: str) -> int:
 @pytest.fixture
 def rec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_rec_{next(_ids)}"
-    _write(tmp_path, name, RECORDED)
+    name = f"kcx_rec_{uid()}"
+    write_module(tmp_path, name, RECORDED)
     importlib.invalidate_caches()
     with kcovx.instrument_imports(include=[name]):
         mod = importlib.import_module(name)
@@ -1491,21 +800,6 @@ def _pcs_by_line(mod: types.ModuleType, function: str) -> dict[int, int]:
     return out
 
 
-def _linux(devices: Devices, size: int = 4096) -> tuple[kcovx.Device, Any]:
-    dev = devices.open("linux")
-    dev.init_trace(size)
-    area = dev.mmap()
-    dev.enable()
-    return dev, area
-
-
-def _take(area: Any) -> list[int]:
-    n = int(area[0])
-    out = [int(x) for x in area[1 : n + 1]]
-    area[0] = 0
-    return out
-
-
 def test_linux_records_blocks_in_order_with_repeats(
     rec: types.ModuleType, devices: Devices
 ) -> None:
@@ -1514,9 +808,9 @@ def test_linux_records_blocks_in_order_with_repeats(
     names = ("entry", "body", "odd", "even", "after")
     assert set(pcs) == {line(m) for m in names}  # exactly these blocks
     entry, body, odd, even, after = (pcs[line(m)] for m in names)
-    _, area = _linux(devices)
+    _, area = linux(devices)
     assert rec.loop(4) == 2
-    got = _take(area)
+    got = take(area)
     assert got == [entry, body, even, body, odd, body, even, body, odd, after]
     for pc in got:
         block = kcovx.symbolize(pc)
@@ -1529,11 +823,11 @@ def test_linux_records_blocks_in_order_with_repeats(
     # untaken branches record nothing
     c = _pcs_by_line(rec, "cond")
     assert rec.cond(False) == 1
-    assert _take(area) == [c[line("c-entry")], c[line("c-join")]]
+    assert take(area) == [c[line("c-entry")], c[line("c-join")]]
     assert rec.cond(True) == 2
-    assert _take(area) == [c[line("c-entry")], c[line("c-taken")], c[line("c-join")]]
+    assert take(area) == [c[line("c-entry")], c[line("c-taken")], c[line("c-join")]]
     assert rec.loop(0) == 0
-    assert _take(area) == [entry, after]
+    assert take(area) == [entry, after]
 
 
 def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices) -> None:
@@ -1547,9 +841,9 @@ def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices
     entry, cond, elt = by_col[5].pc, by_col[col_cond].pc, by_col[col_elt].pc
     assert by_col[5].function == "pick"
     assert by_col[col_elt].function == by_col[col_cond].function == "pick.<locals>.<listcomp>"
-    _, area = _linux(devices)
+    _, area = linux(devices)
     assert rec.pick([1, 2, 3]) == [4, 6]
-    assert _take(area) == [entry, cond, cond, elt, cond, elt]
+    assert take(area) == [entry, cond, cond, elt, cond, elt]
     logic_line = _marker_line(RECORDED, "logic")
     lb = {
         b.start_col: b.pc
@@ -1559,9 +853,9 @@ def test_linux_records_expression_blocks(rec: types.ModuleType, devices: Devices
     b_col = text[logic_line - 1].index("and b") + len("and ") + 1
     assert set(lb) == {5, b_col}
     assert rec.logic(0, 1) == 0
-    assert _take(area) == [lb[5]]
+    assert take(area) == [lb[5]]
     assert rec.logic(1, 0) == 0
-    assert _take(area) == [lb[5], lb[b_col]]
+    assert take(area) == [lb[5], lb[b_col]]
 
 
 def test_gvisor_records_each_covered_block_once_per_flush(
@@ -1580,22 +874,22 @@ def test_gvisor_records_each_covered_block_once_per_flush(
         area[0] = 0
         rec.loop(5)
         dev.flush()
-        assert _take(area) == [entry, body, even, odd, after]  # in first-covered order
+        assert take(area) == [entry, body, even, odd, after]  # in first-covered order
     rec.loop(1)
     dev.flush()
-    assert _take(area) == [entry, body, even, after]
+    assert take(area) == [entry, body, even, after]
     dev.disable()
 
 
 def test_recording_is_the_same_under_settrace_and_coverage(
     rec: types.ModuleType, devices: Devices, tmp_path: Path
 ) -> None:
-    _, area = _linux(devices)
+    _, area = linux(devices)
     rec.loop(6)
     rec.pick([3, 0])
-    expected = _take(area)
+    expected = take(area)
     events, _ = _traced(lambda: (rec.loop(6), rec.pick([3, 0])), rec.__file__)
-    assert _take(area) == expected
+    assert take(area) == expected
     assert any(e[0] == "line" for e in events)
     cov = coverage.Coverage(data_file=None, config_file=False, include=[rec.__file__])
     cov.start()
@@ -1604,7 +898,7 @@ def test_recording_is_the_same_under_settrace_and_coverage(
         rec.pick([3, 0])
     finally:
         cov.stop()
-    assert _take(area) == expected
+    assert take(area) == expected
     assert _marker_line(RECORDED, "odd") in (cov.get_data().lines(rec.__file__) or [])
 
 
@@ -1623,8 +917,8 @@ print(json.dumps([list(b) for b in kcovx.blocks() if b.file == mod.__file__]))
 
 
 def test_pcs_are_deterministic_across_processes(tmp_path: Path) -> None:
-    name = f"kcx_det_{next(_ids)}"
-    _write(tmp_path, name, HEADER + CORPUS)
+    name = f"kcx_det_{uid()}"
+    write_module(tmp_path, name, HEADER + CORPUS)
     runs = []
     for cache in ("", str(tmp_path / "cache"), str(tmp_path / "cache")):  # off, cold, warm
         env = dict(os.environ, KCOVX_CACHE_DIR=cache)
@@ -1657,7 +951,7 @@ def test_block_functions_are_the_code_objects_qualnames(corpus: Twins) -> None:
     inlined comprehensions are the exception: their probes live in the enclosing code)."""
     _, inst = corpus
     fns = [inst.closures, inst.comprehensions, inst.coro, inst.make_class, inst.Tool.v.fget]
-    pcs_of_inst = _probe_of(vars(inst)).pcs
+    pcs_of_inst = probe_of(vars(inst)).pcs
     checked = 0
     for fn in fns:
         for code in _iter_code(fn.__code__):
@@ -1680,7 +974,7 @@ def test_block_functions_are_the_code_objects_qualnames(corpus: Twins) -> None:
 def test_linux_blocks_of_other_threads_never_reach_the_owner(
     rec: types.ModuleType, devices: Devices
 ) -> None:
-    _, area = _linux(devices)
+    _, area = linux(devices)
     t = threading.Thread(target=rec.loop, args=(50,))
     t.start()
     t.join(TIMEOUT)
@@ -1702,14 +996,14 @@ def test_gvisor_blocks_of_other_threads_are_global(rec: types.ModuleType, device
     t.join(TIMEOUT)
     assert not t.is_alive()
     dev.flush()
-    assert sorted(_take(area)) == sorted(pcs.values())
+    assert sorted(take(area)) == sorted(pcs.values())
     dev.disable()
 
 
 def test_many_threads_running_the_same_code(rec: types.ModuleType, devices: Devices) -> None:
-    _, area = _linux(devices, size=16384)
+    _, area = linux(devices, size=16384)
     rec.loop(20)
-    one_run = _take(area)
+    one_run = take(area)
     assert len(one_run) == 42
     k = 100
     start = threading.Barrier(9, timeout=TIMEOUT)
@@ -1728,380 +1022,6 @@ def test_many_threads_running_the_same_code(rec: types.ModuleType, devices: Devi
         t.join(TIMEOUT)
         assert not t.is_alive()
     assert int(area[0]) == k * len(one_run)
-    assert _take(area) == one_run * k
+    assert take(area) == one_run * k
     assert mine == [90] * k
     assert len(results) == 8 and all(r == [90] * 200 for r in results)
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_func
-
-
-FUNCS = '''\
-import functools
-
-import kcovx
-
-
-def plain(x):
-    """Plain doc."""
-    if x:
-        return x * 2
-    return -1
-
-
-def outer(n):
-    def inner(k):
-        return [k + i for i in range(n)]
-
-    return inner
-
-
-class K:
-    def m(self, x):
-        return ("m", x)
-
-    @staticmethod
-    def s(x):
-        return ("s", x)
-
-    @classmethod
-    def c(cls, x):
-        return ("c", cls.__name__, x)
-
-
-first, second = (lambda: "first"), (lambda: "second")
-
-
-def nested_lambdas():
-    return [lambda: i for i in range(2)]
-
-
-@kcovx.instrument_func
-def decorated_at_def(x):
-    return [x + i for i in range(2)]
-
-
-def defined_global():
-    global made_global
-
-    def made_global():
-        return "made"
-
-    return made_global
-'''
-
-
-@pytest.fixture
-def funcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
-    """A fresh plainly imported module (FUNCS) for each test."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_funcs_{next(_ids)}"
-    _write(tmp_path, name, FUNCS)
-    importlib.invalidate_caches()
-    yield importlib.import_module(name)
-    del sys.modules[name]
-
-
-def test_instrument_func_instruments_in_place(funcs: types.ModuleType, devices: Devices) -> None:
-    f = funcs.plain
-    code = f.__code__
-    assert kcovx.instrument_func(f) is f
-    assert _instrumented(f) and f.__code__ is not code
-    assert isinstance(_probe_of(vars(funcs)), Probe)
-    assert (f(3), f(0), f.__doc__, f.__name__) == (6, -1, "Plain doc.", "plain")
-    before = kcovx.blocks()
-    new_code = f.__code__
-    assert kcovx.instrument_func(f) is f  # idempotent
-    assert f.__code__ is new_code and kcovx.blocks() == before
-    # only that function's blocks (and those of the one instrumented at import)
-    mine = {b.function for b in before if b.file == funcs.__file__}
-    assert mine == {"plain", "decorated_at_def", "decorated_at_def.<locals>.<listcomp>"}
-    _, area = _linux(devices)
-    f(1)
-    got = _take(area)
-    assert [kcovx.symbolize(pc).function for pc in got] == ["plain", "plain"]
-    assert not _instrumented(funcs.outer)  # nothing else was touched
-
-
-def test_instrument_func_as_decorator_and_on_closures(funcs: types.ModuleType) -> None:
-    assert _instrumented(funcs.decorated_at_def) and funcs.decorated_at_def(1) == [1, 2]
-    lone, other = funcs.outer(2), funcs.outer(2)  # closures made by the plain outer
-    assert kcovx.instrument_func(lone) is lone
-    assert _instrumented(lone) and lone(5) == [5, 6]
-    assert not _instrumented(other) and not _instrumented(funcs.outer)
-    assert other(5) == [5, 6] and lone.__closure__[0].cell_contents == 2
-    outer = kcovx.instrument_func(funcs.outer)
-    inner = outer(3)  # made by the instrumented outer: instrumented too
-    assert _instrumented(inner) and inner(1) == [1, 2, 3]
-
-
-def test_instrument_func_on_methods(funcs: types.ModuleType) -> None:
-    obj = funcs.K()
-    bound = obj.m
-    assert kcovx.instrument_func(bound) is bound
-    assert _instrumented(funcs.K.m) and obj.m(1) == ("m", 1)
-    sm = funcs.K.__dict__["s"]
-    cm = funcs.K.__dict__["c"]
-    assert kcovx.instrument_func(sm) is sm and kcovx.instrument_func(cm) is cm
-    assert _instrumented(funcs.K.s) and _instrumented(funcs.K.c)
-    assert funcs.K.s(2) == ("s", 2) and funcs.K.c(3) == ("c", "K", 3)
-    assert kcovx.instrument_func(funcs.K.s) is funcs.K.s  # the plain function: idempotent
-
-
-def test_instrument_func_tells_apart_lambdas_on_one_line(funcs: types.ModuleType) -> None:
-    kcovx.instrument_func(funcs.second)
-    assert funcs.second() == "second" and not _instrumented(funcs.first)
-    kcovx.instrument_func(funcs.first)
-    assert (funcs.first(), funcs.second()) == ("first", "second")
-    made = funcs.nested_lambdas()
-    for f in made:
-        kcovx.instrument_func(f)
-    assert [f() for f in made] == [1, 1] and all(_instrumented(f) for f in made)
-    g = funcs.defined_global()
-    assert g.__qualname__ == "made_global"
-    assert kcovx.instrument_func(g)() == "made" and _instrumented(g)
-
-
-def test_instrument_func_rejects_what_it_cannot_instrument(
-    funcs: types.ModuleType, tmp_path: Path
-) -> None:
-    for bad in (len, 3, None, funcs.K, functools.partial(funcs.plain, 1), "plain", funcs):
-        with pytest.raises(TypeError):
-            kcovx.instrument_func(bad)
-    ns: dict[str, Any] = {}
-    exec("def from_string(x):\n    return x\n", ns)
-    with pytest.raises(ValueError, match="no source"):
-        kcovx.instrument_func(ns["from_string"])
-    assert ns["from_string"](4) == 4 and not _instrumented(ns["from_string"])
-    # the file changed after the import (same first line, other body): refused, untouched
-    path = Path(funcs.__file__)
-    path.write_text(FUNCS.replace("return x * 2", "return x * 3"))
-    os.utime(path, ns=(1, 10**18))
-    with pytest.raises(ValueError, match="does not match"):
-        kcovx.instrument_func(funcs.plain)
-    assert funcs.plain(2) == 4 and not _instrumented(funcs.plain)
-    # instrument_module skips it too instead of running the new code
-    kcovx.instrument_module(funcs)
-    assert funcs.plain(2) == 4 and not _instrumented(funcs.plain)
-    assert _instrumented(funcs.outer) and funcs.outer(1)(0) == [0]
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_module
-
-
-def test_instrument_module_reaches_every_function(tmp_path: Path) -> None:
-    name = f"kcx_mod_{next(_ids)}"
-    path = _write(tmp_path, name, HEADER_FUTURE + CORPUS)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        _check_instrument_module(mod)
-    finally:
-        del sys.modules[name]
-
-
-def _check_instrument_module(mod: types.ModuleType) -> None:
-    expected = {n: _outcome(getattr(mod, n)) for n in _cases(mod) if n != "case_raise_recursion"}
-    assert kcovx.instrument_module(mod) is mod
-    assert isinstance(_probe_of(vars(mod)), Probe)
-    tool = vars(mod.Tool)
-    reached = [
-        mod.straight, mod.gen, mod.coro, mod.agen, mod.Point.__init__, mod.Color.describe,
-        mod.Color.__dict__["first"].__func__, mod.Item.total, mod.Outer.Inner.Deepest.where,
-        tool["s"].__func__, tool["c"].__func__, tool["v"].fget, tool["v"].fset,
-        tool["v"].fdel, tool["m"], mod.square, mod.decorated, mod.deco,
-        mod.decorated.__wrapped__, mod.cached.__wrapped__, mod.managed.__wrapped__,
-        *(getattr(mod, n) for n in _cases(mod)),
-    ]  # fmt: skip
-    for fn in reached:
-        assert _instrumented(fn), fn
-    assert not _instrumented(mod.managed)  # contextlib's helper, not defined in the module
-    assert not _instrumented(mod.Item.__init__)  # made by dataclasses from a string
-    assert not _instrumented(mod.functools.wraps)  # not defined in the module
-    got = {n: _outcome(getattr(mod, n)) for n in expected}
-    assert got == expected
-    assert kcovx.instrument_module(mod) is mod  # again: nothing changes
-    assert mod.case_loops() == expected["case_loops"][1]
-
-
-def test_instrument_module_errors(tmp_path: Path) -> None:
-    for bad in ("os", 3, None, len, kcovx.instrument_func):
-        with pytest.raises(TypeError):
-            kcovx.instrument_module(bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(sys)  # built in: no file
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(types.ModuleType("kcx_nofile"))
-    for own in (kcovx, kcovx.pcs, kcovx.instrument):
-        with pytest.raises(ValueError, match="kcovx itself"):
-            kcovx.instrument_module(own)
-    assert not _instrumented(kcovx.pcs.symbolize)
-    gone = types.ModuleType("kcx_gone")
-    gone.__file__ = str(tmp_path / "kcx_gone.py")
-    with pytest.raises(ValueError):
-        kcovx.instrument_module(gone)
-
-
-# ---------------------------------------------------------------------------------------------
-# instrument_imports
-
-
-def _package(root: Path, pkg: str) -> None:
-    body = "def f():\n    return __name__\n"
-    (root / pkg).mkdir()
-    (root / pkg / "__init__.py").write_text(body)
-    for sub in ("sub", "other"):
-        (root / pkg / f"{sub}.py").write_text(body)
-    (root / f"{pkg}x.py").write_text(body)  # a name that only starts like the package
-    (root / f"{pkg}_out.py").write_text(body)
-
-
-def _package_names(pkg: str) -> tuple[str, ...]:
-    return (pkg, f"{pkg}x", f"{pkg}_out")
-
-
-def _import_all(pkg: str) -> dict[str, bool]:
-    out = {}
-    for name in (pkg, f"{pkg}.sub", f"{pkg}.other", f"{pkg}x", f"{pkg}_out"):
-        mod = importlib.import_module(name)
-        assert mod.f() == name
-        out[name] = _instrumented(mod.f)
-    return out
-
-
-@pytest.mark.parametrize(
-    ("include", "exclude", "instrumented"),
-    [
-        (["P"], [], {"P", "P.sub", "P.other"}),
-        (["P"], ["P.other"], {"P", "P.sub"}),
-        (["P.sub"], [], {"P.sub"}),
-        (["P.*"], [], {"P.sub", "P.other"}),
-        (["P*"], ["Px", "P.sub"], {"P", "P.other", "P_out"}),
-        (["P.sub"], ["P"], set()),  # exclude wins, also for a submodule
-        (["P", "P_out"], ["P"], {"P_out"}),
-        (None, [], {"P", "P.sub", "P.other", "Px", "P_out"}),  # under the directory
-        (None, ["P"], {"Px", "P_out"}),
-    ],
-)
-def test_import_hook_matching(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    include: list[str] | None,
-    exclude: list[str],
-    instrumented: set[str],
-) -> None:
-    pkg = f"kcx_pkg{next(_ids)}"
-    _package(tmp_path, pkg)
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def sub(pattern: str) -> str:
-        return pattern.replace("P", pkg, 1)
-
-    try:
-        with kcovx.instrument_imports(
-            None if include is None else [sub(p) for p in include],
-            [sub(p) for p in exclude],
-            directory=str(tmp_path),
-        ):
-            got = _import_all(pkg)
-        assert {n for n, inst in got.items() if inst} == {sub(p) for p in instrumented}
-    finally:
-        _forget(*_package_names(pkg))
-
-
-def test_import_hook_leaves_imported_modules_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pkg = f"kcx_pkg{next(_ids)}"
-    _package(tmp_path, pkg)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        before = importlib.import_module(f"{pkg}.sub")
-        with kcovx.instrument_imports([pkg]):
-            again = importlib.import_module(f"{pkg}.sub")
-            other = importlib.import_module(f"{pkg}.other")
-        assert again is before and not _instrumented(again.f)
-        assert _instrumented(other.f)
-        assert not _instrumented(importlib.import_module(pkg).f)  # imported before, as parent
-    finally:
-        _forget(*_package_names(pkg))
-
-
-def test_import_hook_instruments_the_stdlib_only_when_included() -> None:
-    spec = importlib.util.find_spec("colorsys")
-    assert spec is not None and spec.origin is not None
-    saved = sys.modules.pop("colorsys", None)
-    try:
-        with kcovx.instrument_imports(directory=os.path.dirname(spec.origin)):
-            plain = importlib.import_module("colorsys")
-        assert not _instrumented(plain.rgb_to_hsv)
-        del sys.modules["colorsys"]
-        with kcovx.instrument_imports(["colorsys"]):
-            inst = importlib.import_module("colorsys")
-        assert inst is not plain and _instrumented(inst.rgb_to_hsv)
-        for rgb in [(0.2, 0.4, 0.4), (1, 0, 0), (0.5, 0.5, 0.5), (0, 0.1, 0.9)]:
-            for conv in ("rgb_to_hsv", "rgb_to_hls", "rgb_to_yiq"):
-                assert getattr(inst, conv)(*rgb) == getattr(plain, conv)(*rgb)
-    finally:
-        sys.modules.pop("colorsys", None)
-        if saved is not None:
-            sys.modules["colorsys"] = saved
-
-
-def test_import_hook_never_instruments_kcovx(tmp_path: Path) -> None:
-    hook = kcovx.ImportHook(include=["kcovx", "kcovx.*", "*"])
-    for mod in (kcovx, kcovx.pcs, kcovx.instrument):
-        assert not hook.matches(mod.__name__, mod.__file__)
-    home = os.path.dirname(os.path.dirname(kcovx.__file__))
-    assert not kcovx.ImportHook(directory=home).matches("kcovx.pcs", kcovx.pcs.__file__)
-    script = textwrap.dedent(
-        """
-        import sys, kcovx
-        with kcovx.instrument_imports(["kcovx", "*"], directory="/"):
-            import kcovx.__main__ as m
-        probe = lambda names: any(n.startswith("__kcovx_pc") for n in names)
-        print(probe(m.main.__code__.co_names), probe(vars(m)))
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["False", "False"]
-
-
-def test_import_hook_removes_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = list(sys.meta_path)
-    with kcovx.instrument_imports(["nothing"]) as hook:
-        assert sys.meta_path[0] is hook and isinstance(hook, kcovx.ImportHook)
-    assert sys.meta_path == before
-    with pytest.raises(RuntimeError, match="boom"), kcovx.instrument_imports(["x"]) as hook:
-        assert hook in sys.meta_path
-        raise RuntimeError("boom")
-    assert sys.meta_path == before
-    # after the block, new imports are plain again
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_after_{next(_ids)}"
-    _write(tmp_path, name, "def f():\n    return 1\n")
-    importlib.invalidate_caches()
-    with kcovx.instrument_imports([name]):
-        pass
-    try:
-        assert not _instrumented(importlib.import_module(name).f)
-    finally:
-        sys.modules.pop(name, None)
-
-
-def test_import_hook_argument_errors() -> None:
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include="pkg")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(exclude="pkg")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include=[""])
-    with pytest.raises(TypeError):
-        kcovx.ImportHook(include=[3])  # type: ignore[list-item]

@@ -1,0 +1,50 @@
+"""From source to a registered unit: the code cache, else the rewrite, then the blocks'
+registration with ``kcovx.pcs`` (re-rewriting with salted PCs while they collide with other
+units').  Every way in (live, hook, ``kcovx run``) goes through ``instrument_source``.
+
+Threading: registration takes kcovx.pcs' lock; the rest is pure or per-file.
+"""
+
+from __future__ import annotations
+
+from kcovx import pcs
+from kcovx.instrument import cache
+from kcovx.instrument.rewrite import rewrite_source
+from kcovx.instrument.unit import Unit
+
+
+def instrument_source(
+    source: str | bytes, filename: str, module: str, *, register: bool = True
+) -> Unit:
+    """Instrument one source file as module ``module`` and (by default) register all its
+    blocks.  SyntaxError as ``compile`` raises it."""
+    raw = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source
+    key = cache.cache_key(raw, filename, module)
+    unit = cache.load(key, module, filename)
+    from_cache = unit is not None
+    if unit is None:
+        unit = rewrite_source(source, filename, module, set())
+    if not register:
+        if not from_cache:
+            cache.store(key, unit)
+        return unit
+    avoid: set[int] = set()
+    while True:
+        bad = pcs.register(unit.entries())
+        if not bad:
+            break
+        avoid |= bad
+        unit = rewrite_source(source, filename, module, avoid)
+        from_cache = True  # never cache a unit whose PCs depend on this process
+    if not from_cache:
+        cache.store(key, unit)
+    return unit
+
+
+def register_subtree(unit: Unit, root: int) -> Unit:
+    """Register the blocks of scope ``root`` of ``unit`` and of the scopes nested in it."""
+    keep = unit.subtree(root)
+    bad = pcs.register(unit.entries(keep))
+    if bad:
+        raise RuntimeError(f"kcovx: PC collision while instrumenting {unit.filename}")
+    return unit
