@@ -19,22 +19,9 @@ import os as _os
 import sys as _sys
 from typing import TYPE_CHECKING, Any
 
-from kcovx._area import ABI_VERSION, Area, trace_cmp, trace_pc, trace_pcs
-from kcovx.abi import (
-    ENOTSUPP,
-    KCOV_CMP_CONST,
-    KCOV_CMP_MASK,
-    KCOV_CMP_SIZE,
-    KCOV_DISABLE,
-    KCOV_ENABLE,
-    KCOV_INIT_TRACE,
-    KCOV_REMOTE_ENABLE,
-    KCOV_TRACE_CMP,
-    KCOV_TRACE_PC,
-    KCOV_WORDS_PER_CMP,
-    PAGE_SIZE,
-    Mode,
-)
+from kcovx import abi
+from kcovx._area import Area, trace_cmp, trace_pc, trace_pcs
+from kcovx.abi import *  # noqa: F403  (the kcov ABI, listed once: kcovx.abi.__all__)
 from kcovx.device import PROFILES, Device, open
 from kcovx.errors import (
     CacheEntryError,
@@ -105,20 +92,8 @@ def get_include() -> str:
     return _os.path.dirname(_os.path.abspath(__file__))
 
 
+# The kcov ABI (kcovx.abi) and the rest of the public API.
 __all__ = [
-    "ABI_VERSION",
-    "ENOTSUPP",
-    "KCOV_CMP_CONST",
-    "KCOV_CMP_MASK",
-    "KCOV_CMP_SIZE",
-    "KCOV_DISABLE",
-    "KCOV_ENABLE",
-    "KCOV_INIT_TRACE",
-    "KCOV_REMOTE_ENABLE",
-    "KCOV_TRACE_CMP",
-    "KCOV_TRACE_PC",
-    "KCOV_WORDS_PER_CMP",
-    "PAGE_SIZE",
     "PROFILES",
     "Area",
     "Block",
@@ -128,7 +103,6 @@ __all__ = [
     "ImportHook",
     "InstrumentError",
     "KcovxError",
-    "Mode",
     "NoSourceError",
     "PCsTableError",
     "UnknownPCError",
@@ -148,3 +122,4 @@ __all__ = [
     "write_cover",
     "write_pcs_table",
 ]
+__all__ += abi.__all__

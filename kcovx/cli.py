@@ -259,9 +259,12 @@ def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
 # -- the parser ---------------------------------------------------------------------------------
 
 
-def _profile_option(p: argparse.ArgumentParser) -> None:
+def _device_options(p: argparse.ArgumentParser, size: int) -> None:
     p.add_argument(
         "--profile", default=DEFAULTS.profile, choices=list(PROFILES), help="kcov to follow"
+    )
+    p.add_argument(
+        "--size", type=_int, default=size, help="area size in words (default %(default)s)"
     )
 
 
@@ -279,13 +282,7 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Run a Python program with its code instrumented and kcov enabled on its "
         "main thread, recording into the cover file; write the PC table; print a summary.",
     )
-    _profile_option(run)
-    run.add_argument(
-        "--size",
-        type=_int,
-        default=DEFAULTS.run_size,
-        help="area size in words (default %(default)s)",
-    )
+    _device_options(run, DEFAULTS.run_size)
     run.add_argument(
         "--include",
         action="append",
@@ -335,13 +332,7 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="the device end to end on a few hand-written PCs",
         description="Open a device, record a few hand-written PCs per input, read them back.",
     )
-    _profile_option(demo_p)
-    demo_p.add_argument(
-        "--size",
-        type=_int,
-        default=DEFAULTS.demo_size,
-        help="area size in words (default %(default)s)",
-    )
+    _device_options(demo_p, DEFAULTS.demo_size)
     return top, {"run": run, "symbolize": sym, "demo": demo_p}
 
 
