@@ -373,12 +373,10 @@ def run(
     try:
         try:
             kc.init_trace(size)
-            kc.map_area()  # gvisor allocates the area (the file) here; no numpy view
+            area = kc.map_area()  # gvisor allocates the area (the file) here; no numpy view
             _reserve(output_path, size * 8)
         except OSError as e:
             raise OSError(e.errno, f"cannot make the area file: {e.strerror}", output) from None
-        area = kc.area
-        assert area is not None
         hook.install()
         in_place = _instrument_loaded(hook)
         pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran
@@ -393,7 +391,7 @@ def run(
         kc.flush()
         kc.disable()
         count = min(area.count, size - 1)
-        with memoryview(area) as raw, raw.cast("B") as b, b.cast("Q") as words:
+        with memoryview(area) as words:  # the Area's buffer is uint64 words already
             recorded: list[int] = words[1 : 1 + count].tolist()
         del area  # the mapping goes before the file is cut
     finally:
