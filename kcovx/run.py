@@ -177,8 +177,7 @@ def _run_module(name: str, args: Sequence[str]) -> None:
             spec = importlib.util.find_spec(f"{name}.__main__")
         init: dict[str, object] = {}
         if spec is not None and isinstance(spec.loader, instrument.InstrumentingLoader):
-            unit = spec.loader.unit(spec.name)
-            init[unit.probe_name] = unit.probe()
+            spec.loader.unit(spec.name).install(init)
         runpy.run_module(name, run_name="__main__", alter_sys=True, init_globals=init)
 
 
