@@ -49,9 +49,8 @@ from typing import TextIO
 import kcovx
 from kcovx import cover, instrument, pcs
 from kcovx._files import check_writable
-from kcovx.cover import read_cover
 
-__all__ = ["Summary", "read_cover", "run", "summarize"]
+__all__ = ["Summary", "run", "summarize"]
 
 _KCOVX_DIR = os.path.dirname(os.path.abspath(kcovx.__file__)) + os.sep
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kcovx import load_pcs_table
-from kcovx.run import read_cover
+from kcovx import load_pcs_table, read_cover
 
 # What syzkaller expects of runsc symbolize's second line (its regex, without the pkg/ part).
 LOCATION = re.compile(r"^(.+):([0-9]+)\.([0-9]+),([0-9]+)\.([0-9]+)$")

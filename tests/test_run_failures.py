@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kcovx import load_pcs_table
-from kcovx.run import read_cover
+from kcovx import load_pcs_table, read_cover
 
 WORK = textwrap.dedent(
     """\
