@@ -22,6 +22,7 @@ import pytest
 
 import kcovx
 from kcovx import instrument, pcs
+from kcovx.instrument.rewrite import rewrite_source
 
 SOURCE = textwrap.dedent(
     """\
@@ -118,7 +119,7 @@ def test_collisions_inside_a_module_are_resolved_deterministically(
     pcs_first = [b.pc for b in first]
     assert len(pcs_first) == len(set(pcs_first))
     # Deterministic: rewriting the same source (no cache, fresh rewriter) gives the same PCs.
-    again = instrument._rewrite(SOURCE, "/virtual/a.py", "pcs_collide_in", set())
+    again = rewrite_source(SOURCE, "/virtual/a.py", "pcs_collide_in", set())
     assert [b.pc for b in again.blocks] == pcs_first
     unit = pcs.unit_hash("pcs_collide_in")
     moved = [
@@ -143,7 +144,7 @@ def test_collisions_across_modules_move_the_later_module(
         assert kcovx.symbolize(block.pc) == block
     # The first module kept its unsalted PCs; the moved one was not cached.
     assert [x.pc for x in first] == [
-        x.pc for x in instrument._rewrite(SOURCE, "/virtual/a.py", "pcs_collide_a", set()).blocks
+        x.pc for x in rewrite_source(SOURCE, "/virtual/a.py", "pcs_collide_a", set()).blocks
     ]
     cached = os.listdir(tmp_path / "cache")
     assert len(cached) == 1

@@ -27,7 +27,7 @@ from typing import Any
 
 from kcovx.instrument.hook import ImportHook, InstrumentingLoader, instrument_imports
 from kcovx.instrument.live import instrument_func, instrument_module
-from kcovx.instrument.rewrite import REWRITE_VERSION, rewrite_source
+from kcovx.instrument.rewrite import REWRITE_VERSION
 from kcovx.instrument.source import instrument_source
 from kcovx.instrument.unit import PROBE, Unit
 
@@ -51,7 +51,3 @@ def run_code(unit: Unit, globals_: dict[str, Any]) -> None:
     frame from the program's tracebacks."""
     unit.install(globals_)
     exec(unit.code, globals_)
-
-
-# The rewrite alone (no cache, no registration), as tests call it.
-_rewrite = rewrite_source
