@@ -10,8 +10,8 @@ words 1..count, and keep the input when it covers a block no earlier input cover
 
 The target is ``module:function``; the module (and its submodules) is imported inside
 ``kcovx.instrument_imports``.  The function gets the input as bytes (``--text``: str).
-Exceptions the target raises are counted, not fatal.  benchmarks/bench_instrument.py imports
-``Fuzzer`` from here.
+Exceptions the target raises are counted, not fatal.  benchmarks/_instrument_worker.py (run by
+benchmarks/bench_instrument.py) imports ``Fuzzer`` from here.
 """
 
 from __future__ import annotations
