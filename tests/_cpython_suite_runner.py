@@ -18,8 +18,8 @@ Importing kcovx already imports part of the stdlib (dataclasses, enum, json, ...
 copies are dropped from sys.modules first, so the tests get a fresh, instrumented import
 (kcovx keeps using the copies it imported).  The area is emptied after every test, so no PC
 is lost to clipping.  Reported: the loader of each module, how many of the functions defined
-in each file call the probe, the PCs recorded and the files they symbolize to, and how many
-of the modules' blocks were covered.
+in each file use the probe (subscript it), the PCs recorded and the files they symbolize to,
+and how many of the modules' blocks were covered.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _own_modules(name: str) -> list[types.ModuleType]:
 
 
 def _probed_functions(mod: types.ModuleType) -> tuple[int, int]:
-    """(functions and methods defined in mod's file whose code calls the probe, all of them)."""
+    """(functions and methods defined in mod's file whose code names the probe, all of them)."""
     funcs = []
     for value in list(vars(mod).values()):
         items = [value]
