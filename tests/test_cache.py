@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _instrument_support import forget, uid, write_module
+from _instrument_support import forget, has_probe, uid, write_module
 
 import kcovx
 from kcovx.errors import CacheEntryError
@@ -88,7 +88,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 def _behaves(mod: Any, n: int) -> None:
     assert (mod.f(0), mod.f(3)) == (-n, 3 * n)
     assert mod.MARK == []
-    assert any(k.startswith(kcovx.instrument.PROBE) for k in vars(mod))
+    assert has_probe(vars(mod))
 
 
 def test_warm_import_uses_the_entry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

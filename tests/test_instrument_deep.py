@@ -21,6 +21,7 @@ import pytest
 from _instrument_support import (
     Twins,
     forget,
+    has_probe,
     probe_of,
     twins_factory,
     uid,
@@ -123,7 +124,7 @@ def test_deep_code_imports_and_runs_instrumented(
     twins: Callable[..., Twins], shape: str, size: int
 ) -> None:
     plain, inst = twins(f"deep_{shape}", SHAPES[shape](size))
-    assert any(n.startswith(kcovx.instrument.PROBE) for n in inst.f.__code__.co_names)
+    assert has_probe(inst.f.__code__.co_names)
     assert _results(inst.f, size) == _results(plain.f, size)
 
 
@@ -157,7 +158,7 @@ def test_instrument_module_handles_deep_code(
         mod = importlib.import_module(name)
         before = _results(mod.f, DEEP)
         kcovx.instrument_module(mod)
-        assert any(n.startswith(kcovx.instrument.PROBE) for n in mod.f.__code__.co_names)
+        assert has_probe(mod.f.__code__.co_names)
         assert _results(mod.f, DEEP) == before
     finally:
         forget(name)
