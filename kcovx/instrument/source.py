@@ -24,18 +24,11 @@ def instrument_source(
     from_cache = unit is not None
     if unit is None:
         unit = rewrite_source(source, filename, module, set())
-    if not register:
-        if not from_cache:
-            cache.store(key, unit)
-        return unit
     avoid: set[int] = set()
-    while True:
-        bad = pcs.register(unit.entries())
-        if not bad:
-            break
+    while register and (bad := pcs.register(unit.entries())):
         avoid |= bad
+        # Salted (its PCs depend on this process): cache.store will not keep it.
         unit = rewrite_source(source, filename, module, avoid)
-        from_cache = True  # never cache a unit whose PCs depend on this process
     if not from_cache:
         cache.store(key, unit)
     return unit
