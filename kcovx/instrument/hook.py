@@ -105,9 +105,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
             return _name_matches(name, self.include)
         if self._site is None or self._stdlib is None:
             self._site, self._stdlib = _site_dirs(), _stdlib_dirs()
-        in_site = any(path.startswith(d) for d in self._site)
-        in_stdlib = any(path.startswith(d) for d in self._stdlib) and not in_site
-        return path.startswith(self._dir) and not in_site and not in_stdlib
+        return path.startswith(self._dir) and not path.startswith((*self._site, *self._stdlib))
 
     def find_spec(
         self,
