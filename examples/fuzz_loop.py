@@ -40,6 +40,11 @@ SEEDS: dict[str, list[bytes]] = {
     ],
 }
 TOKENS = [b"(", b")", b",", b"=", b"**", b"[", b"]", b"{", b"}", b'"', b"'", b"\n", b".", b"0x"]
+# The coverage bitmap: 2**20 slots, a PC's slot a hash of it (numpy scalars made once, not per
+# input).
+_BITMAP_BITS = 20
+_SHIFT = np.uint64(29)
+_SLOT_MASK = np.uint64((1 << _BITMAP_BITS) - 1)
 
 
 class Fuzzer:
@@ -65,7 +70,7 @@ class Fuzzer:
         self.blocks: set[int] = set()
         # A hashed bitmap answers "anything new?" in a few vector operations; the exact set
         # of blocks is updated only when it says yes.
-        self.bitmap = np.zeros(1 << 20, dtype=bool)
+        self.bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
         self.execs = 0
         self.errors = 0
 
@@ -88,7 +93,7 @@ class Fuzzer:
 
     def consider(self, data: bytes, pcs: np.ndarray) -> bool:
         """Keep ``data`` if its PCs cover a block not seen before."""
-        keys = (pcs ^ (pcs >> np.uint64(29))) & np.uint64((1 << 20) - 1)
+        keys = (pcs ^ (pcs >> _SHIFT)) & _SLOT_MASK
         fresh = ~self.bitmap[keys]
         if not fresh.any():
             return False
