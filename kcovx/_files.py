@@ -1,6 +1,7 @@
 """Files kcovx reads as untrusted input or writes over: the one place that opens them.
 
-Owns two rules shared by the PC table (pcs.py) and cover files (cover.py):
+Owns two rules shared by the PC table (pcs.py), cover files (cover.py) and, for reading, the
+code cache (instrument/cache.py):
 
 - Reading: a file is opened without blocking (a FIFO with no writer does not hang the open),
   must be a regular file (not a FIFO, a device such as /dev/zero, a directory), and is read
@@ -85,10 +86,12 @@ def replace_file(path: str, data: bytes) -> None:
         raise
 
 
-def read_regular(path: str, limit: int) -> bytes:
-    """The content of the regular file at ``path`` (symlinks followed), at most ``limit``
-    bytes: OSError for anything that is not a regular file, ValueError when it is larger."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def read_regular(path: str, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """The content of the regular file at ``path``, at most ``limit`` bytes: OSError for
+    anything that is not a regular file (a symlink too, unless ``follow_symlinks``: ELOOP),
+    ValueError when it is larger."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

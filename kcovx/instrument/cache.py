@@ -34,12 +34,12 @@ import hmac
 import importlib.util
 import marshal
 import os
-import stat
 import sys
 import tempfile
 import types
 from typing import Any
 
+from kcovx._files import read_regular
 from kcovx.errors import CacheEntryError
 from kcovx.instrument.rewrite import REWRITE_VERSION
 from kcovx.instrument.unit import PROBE, BlockRec, Unit
@@ -52,13 +52,6 @@ MAX_ENTRY = 64 << 20  # larger files are refused unread
 # The block columns: (array typecode, ints per block) for scope, occurrence, ordinal, extent
 # (lines and columns) and PC.  A block's function is its scope's qualified name.
 _COLUMNS = (("I", 1), ("I", 1), ("I", 1), ("I", 4), ("Q", 1))
-
-_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
 
 
 def _debug_ranges() -> bool:
@@ -111,36 +104,21 @@ def _digest(key: bytes, payload: bytes) -> bytes:
     return h.digest()
 
 
-def _read_regular(path: str) -> bytes | None:
+def _read_entry_file(path: str) -> bytes | None:
     """The bytes of the regular file at ``path`` (None if there is none), read without
-    following a symlink or blocking; CacheEntryError for anything else there."""
+    following a symlink or blocking (``kcovx._files.read_regular``); CacheEntryError for
+    anything else there, or a size no entry has."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        blob = read_regular(path, MAX_ENTRY, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    except OSError as e:  # ELOOP for a symlink, EACCES, ...
-        raise CacheEntryError(f"cannot open cache entry {path!r}: {e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CacheEntryError(f"cache entry {path!r} is not a regular file")
-        if not _HEADER < st.st_size <= MAX_ENTRY:
-            raise CacheEntryError(f"cache entry {path!r} has a bad size ({st.st_size})")
-        chunks: list[bytes] = []
-        got = 0
-        while got <= st.st_size:  # read one byte past the size: the file must not grow
-            chunk = os.read(fd, st.st_size + 1 - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-    except OSError as e:
+    except OSError as e:  # ELOOP for a symlink, EACCES, not a regular file, ...
         raise CacheEntryError(f"cannot read cache entry {path!r}: {e}") from None
-    finally:
-        os.close(fd)
-    if got != st.st_size:
-        raise CacheEntryError(f"cache entry {path!r} changed while it was read")
-    return b"".join(chunks)
+    except ValueError as e:
+        raise CacheEntryError(f"cache entry {path!r} has a bad size ({e})") from None
+    if len(blob) <= _HEADER:
+        raise CacheEntryError(f"cache entry {path!r} has a bad size ({len(blob)})")
+    return blob
 
 
 def _column(raw: Any, typecode: str, n: int) -> array.array[int]:
@@ -195,7 +173,7 @@ def _unit(data: Any, module: str, filename: str) -> Unit:
 def read_entry(path: str, key: str, module: str, filename: str) -> Unit | None:
     """The unit stored at ``path`` under ``key``, verified (see the module docstring); None
     if there is no entry; CacheEntryError if there is one kcovx must not use."""
-    blob = _read_regular(path)
+    blob = _read_entry_file(path)
     if blob is None:
         return None
     raw_key = bytes.fromhex(key)
