@@ -247,7 +247,7 @@ def test_unknown_command(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
 
 
-# -- the command line's shape (issue 7 item 15) -------------------------------------------------
+# -- the command line's shape ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("args", [[], ["--help"]])
@@ -268,7 +268,7 @@ def test_demo_is_a_subcommand(tmp_path: Path) -> None:
     assert r.returncode == 0 and "--profile" in r.stdout
 
 
-# -- sizes in words (issue 7 item 14) -----------------------------------------------------------
+# -- sizes in words --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -297,7 +297,7 @@ def test_demo_size_errors_say_the_rule(tmp_path: Path) -> None:
     assert "multiple of 512 words" in r.stderr and "Traceback" not in r.stderr
 
 
-# -- outputs checked before the program runs (issue 7 item 11) ----------------------------------
+# -- outputs checked before the program runs -------------------------------------------------------
 
 
 @pytest.mark.parametrize("option", ["--output", "--pcs-table"])
@@ -329,7 +329,7 @@ def test_run_output_and_table_must_differ(project: Path) -> None:
     assert r.returncode == 2 and "same file" in r.stderr
 
 
-# -- forked children (issue 7 item 8) ------------------------------------------------------------
+# -- forked children -------------------------------------------------------------------------------
 
 FORKER = textwrap.dedent(
     """\
@@ -369,7 +369,7 @@ def test_run_forked_child_exits_with_the_programs_status(
     assert "helper.py" in symbolized_files(project, np.array(pcs, dtype=np.uint64))
 
 
-# -- symbolize: PCs (issue 7 item 13) ------------------------------------------------------------
+# -- symbolize: PCs --------------------------------------------------------------------------------
 
 
 def _hand_table(path: Path, file: str = "/src/m.py") -> None:
@@ -504,7 +504,7 @@ def test_symbolize_prints_non_utf8_file_names_as_their_bytes(tmp_path: Path) -> 
     assert r.stdout == b"0x1000\n/src/caf\xe9.py:1.1,2.5\n"
 
 
-# -- pytest's assertion rewriting (issue 7 item 16) ---------------------------------------------
+# -- pytest's assertion rewriting ------------------------------------------------------------------
 
 
 def test_run_pytest_names_the_modules_it_could_not_instrument(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``import kcovx`` loads the core, the device API and the errors only (issue 8): the
+"""``import kcovx`` loads the core, the device API and the errors only: the
 instrumentation (ast, dis, marshal) and the PC registry (json) load on first use of one of
 their names, which still resolve as before (``from kcovx import instrument_func``, ``dir``,
 ``__all__``).  Checked in fresh interpreters, with ``-X importtime``.

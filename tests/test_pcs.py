@@ -188,7 +188,7 @@ def test_pcs_table_roundtrip_and_errors(tmp_path: Path) -> None:
         kcovx.load_pcs_table(bad)
 
 
-# -- writing only over regular files (issue 7 item 12) ------------------------------------------
+# -- writing only over regular files ---------------------------------------------------------------
 
 
 def _leftovers(folder: Path, keep: set[str]) -> list[str]:
@@ -250,7 +250,7 @@ def test_write_pcs_table_leaves_no_temporary_file_when_it_fails(
     assert _leftovers(tmp_path, {"t.pcs", "new.pcs"}) == []
 
 
-# -- reading tables as untrusted input (issue 7 item 13) ----------------------------------------
+# -- reading tables as untrusted input -------------------------------------------------------------
 
 
 def test_load_pcs_table_errors_are_typed(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Code nobody here wrote, under ``kcovx run``: python-dateutil's own test suite.
 
 python-dateutil's sdist ships its tests; among them ``tests/test_imports.py`` checks the
-warnings and the modules an import gives, which is where kcovx once showed through (issue 7,
-item 9: a warning at import attributed to kcovx).  The test downloads the sdist and the
+warnings and the modules an import gives, which is where kcovx once showed through (a warning
+at import attributed to kcovx).  The test downloads the sdist and the
 packages its tests need from PyPI (no dependencies pulled in: the test extra already has
 pytest, hypothesis and coverage), runs a fixed set of its test files plainly and under
 ``kcovx run --include dateutil`` in both profiles, and requires the same outcome, test by
