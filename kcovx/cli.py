@@ -48,25 +48,26 @@ MAX_PC_LINE: Final = 64 * 1024
 
 
 def size_problem(profile: str, size: int) -> str | None:
-    """Why ``size`` (in words) is not an area size of ``profile``, in words, with sizes that
-    work; None when it is one."""
+    """Why ``size`` (in words) is not an area size ``kcovx run``/``demo`` can map with
+    ``profile``, with sizes that work; None when it is one.
+
+    Both profiles map whole pages: gvisor refuses other sizes at KCOV_INIT_TRACE, linux accepts
+    any size from 2 words there but its mmap needs the area's bytes to be whole pages.
+    """
+    step = kcovx.PAGE_SIZE // 8
     if profile == "gvisor":
-        step = kcovx.PAGE_SIZE // 8
-        if step <= size <= GVISOR_MAX_WORDS and size % step == 0:
-            return None
-        lower = max(step, min(size // step * step, GVISOR_MAX_WORDS))
-        upper = min(lower + step, GVISOR_MAX_WORDS)
-        near = f"{lower}" if size <= step or lower == upper else f"{lower} or {upper}"
-        return (
-            f"--size {size}: Invalid argument: the gvisor profile needs a multiple of {step} "
-            f"words (the area is whole {kcovx.PAGE_SIZE}-byte pages) from {step} to "
-            f"{GVISOR_MAX_WORDS}; try {near}"
-        )
-    if 2 <= size <= LINUX_MAX_WORDS:
+        top, why = GVISOR_MAX_WORDS, f"the area is whole {kcovx.PAGE_SIZE}-byte pages"
+    else:
+        top = LINUX_MAX_WORDS // step * step
+        why = f"mmap maps whole {kcovx.PAGE_SIZE}-byte pages; at most INT_MAX / 8 words"
+    if step <= size <= top and size % step == 0:
         return None
+    lower = max(step, min(size // step * step, top))
+    upper = min(lower + step, top)
+    near = f"{lower}" if size <= step or lower == upper else f"{lower} or {upper}"
     return (
-        f"--size {size}: Invalid argument: the linux profile needs 2 to {LINUX_MAX_WORDS} words "
-        f"(INT_MAX / 8); try {max(2, min(size, LINUX_MAX_WORDS))}"
+        f"--size {size}: Invalid argument: the {profile} profile needs a multiple of {step} "
+        f"words ({why}) from {step} to {top}; try {near}"
     )
 
 

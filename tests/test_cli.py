@@ -277,8 +277,13 @@ def test_demo_is_a_subcommand(tmp_path: Path) -> None:
         (["--size", "1000"], ["multiple of 512 words", "from 512 to 10485760", "try 512 or 1024"]),
         (["--size", "100"], ["multiple of 512 words", "try 512"]),
         (["--size", str(1 << 30)], ["from 512 to 10485760", "try 10485760"]),
-        (["--profile", "linux", "--size", "1"], ["linux profile needs 2 to 268435455", "try 2"]),
-        (["--profile", "linux", "--size", str(1 << 40)], ["try 268435455"]),
+        (
+            ["--profile", "linux", "--size", "1"],
+            ["linux profile needs a multiple of 512", "try 512"],
+        ),
+        # linux takes 100 words at KCOV_INIT_TRACE, but its mmap cannot map 800 bytes
+        (["--profile", "linux", "--size", "100"], ["mmap maps whole 4096-byte pages", "try 512"]),
+        (["--profile", "linux", "--size", str(1 << 40)], ["to 268434944", "try 268434944"]),
     ],
 )
 def test_run_size_errors_say_the_rule(project: Path, args: list[str], words: list[str]) -> None:
@@ -291,10 +296,18 @@ def test_run_size_errors_say_the_rule(project: Path, args: list[str], words: lis
     assert not (project / "ran").exists()
 
 
-def test_demo_size_errors_say_the_rule(tmp_path: Path) -> None:
-    r = kcovx_cli("demo", "--size", "1000", cwd=tmp_path)
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_demo_size_errors_say_the_rule(tmp_path: Path, profile: str) -> None:
+    r = kcovx_cli("demo", "--profile", profile, "--size", "1000", cwd=tmp_path)
     assert r.returncode == 2
     assert "multiple of 512 words" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_linux_smallest_page_sized_area(project: Path) -> None:
+    (project / "marker.py").write_text("open('ran', 'w').close()\n")
+    r = kcovx_cli("run", "--profile", "linux", "--size", "512", "marker.py", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert (project / "ran").exists()
 
 
 # -- outputs checked before the program runs -------------------------------------------------------

@@ -357,6 +357,16 @@ def test_import_hook_instruments_the_stdlib_only_when_included() -> None:
             sys.modules["colorsys"] = saved
 
 
+def test_import_hook_directory_can_be_the_root(tmp_path: Path) -> None:
+    # "/" as the folder whose modules are instrumented covers every file outside the
+    # site-packages and stdlib folders (its prefix is "/", not "//").
+    mod = tmp_path / "rootmod.py"
+    mod.write_text("x = 1\n")
+    assert kcovx.ImportHook(directory="/").matches("rootmod", str(mod))
+    assert kcovx.ImportHook(directory=str(tmp_path)).matches("rootmod", str(mod))
+    assert not kcovx.ImportHook(directory=str(tmp_path / "sub")).matches("rootmod", str(mod))
+
+
 def test_import_hook_never_instruments_kcovx(tmp_path: Path) -> None:
     hook = kcovx.ImportHook(include=["kcovx", "kcovx.*", "*"])
     for mod in (kcovx, kcovx.pcs, kcovx.instrument):

@@ -29,6 +29,12 @@ def _norm(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def _folder(path: str) -> str:
+    """path normalised with one trailing separator, as a prefix of the files under it ("/"
+    stays "/", not "//")."""
+    return os.path.join(_norm(path), "")
+
+
 def _site_dirs() -> list[str]:
     import site  # only the no-include rule needs these (slow on 3.13)
     import sysconfig
@@ -41,18 +47,18 @@ def _site_dirs() -> list[str]:
         dirs.update(site.getsitepackages())
     with contextlib.suppress(AttributeError):
         dirs.add(site.getusersitepackages())
-    return sorted(_norm(d) + os.sep for d in dirs if d)
+    return sorted(_folder(d) for d in dirs if d)
 
 
 def _stdlib_dirs() -> list[str]:
     import sysconfig
 
     paths = sysconfig.get_paths()
-    return sorted({_norm(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if k in paths})
+    return sorted({_folder(paths[k]) for k in ("stdlib", "platstdlib") if k in paths})
 
 
 # kcovx's own folder (this file is in kcovx/instrument/): never instrumented.
-_KCOVX_DIR = _norm(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_KCOVX_DIR = _folder(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _name_matches(name: str, patterns: Iterable[str]) -> bool:
@@ -86,7 +92,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
                 raise TypeError(f"module name patterns must be non-empty strings, got {p!r}")
         self.include = list(self.include) if self.include is not None else None
         self.exclude = list(self.exclude)
-        self._dir = _norm(self.directory or os.getcwd()) + os.sep
+        self._dir = _folder(self.directory or os.getcwd())
         if not self.include:
             # Only the no-include rule needs them: computed here, before the hook is
             # installed (computing them imports modules), and only then (~1-4 ms).
