@@ -12,6 +12,8 @@ Every wait is bounded.
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -112,3 +114,12 @@ class Devices:
         for dev in self._devs:
             if not dev.closed:
                 dev.close()
+
+
+def python(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with args in a subprocess (text, output captured, bounded, no
+    check: the caller asserts on the status); kwargs go to subprocess.run (cwd, env, ...)."""
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, check=False, **kwargs
+    )

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _kcovx_support import python
+
 import kcovx
 
 # Modules `import kcovx` must not import (numpy loads on the first numpy view, Device.mmap).
@@ -87,9 +89,7 @@ def test_lazy_names_resolve() -> None:
         "    raise SystemExit('no AttributeError')\n"
         "print('ok')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    r = python("-c", code)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
 
 
@@ -114,14 +114,7 @@ def test_run_starts_the_program_without_numpy(tmp_path: Path) -> None:
     script.write_text(
         "import os, sys\nprint('numpy' in sys.modules, len(os.listdir('/proc/self/task')))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "kcovx", "run", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
+    r = python("-m", "kcovx", "run", str(script), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "False 1\n", r.stdout
 
@@ -145,7 +138,5 @@ def test_map_area_is_mmap_without_numpy() -> None:
         "assert 'numpy' not in sys.modules\n"
         "print('ok')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    r = python("-c", code)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr

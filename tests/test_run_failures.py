@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _kcovx_support import python
 
 from kcovx import load_pcs_table, read_cover
 
@@ -126,13 +127,12 @@ def test_sigterm_handler_of_the_caller_is_respected(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text(
         "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('still here')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "kcovx", "run", "t.py"],
+    r = python(
+        "-m",
+        "kcovx",
+        "run",
+        "t.py",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
         preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
     )
     assert r.returncode == 0, r.stderr
@@ -141,14 +141,7 @@ def test_sigterm_handler_of_the_caller_is_respected(tmp_path: Path) -> None:
 
 def test_cover_file_of_a_clean_exit_is_count_and_pcs(tmp_path: Path) -> None:
     (tmp_path / "ok.py").write_text("x = 1\nif x:\n    y = 2\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "kcovx", "run", "ok.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = python("-m", "kcovx", "run", "ok.py", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     data = (tmp_path / "kcovx.cover").read_bytes()
     count = int.from_bytes(data[:8], "little")
@@ -164,13 +157,14 @@ def test_no_room_for_the_area_stops_before_the_program(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
     (tmp_path / "marker.py").write_text("open('ran', 'w').close()\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "kcovx", "run", "--profile", "linux", "marker.py"],
+    r = python(
+        "-m",
+        "kcovx",
+        "run",
+        "--profile",
+        "linux",
+        "marker.py",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
         preexec_fn=limit_file_size,
     )
     assert r.returncode == 2, r.stderr
