@@ -76,6 +76,12 @@ _TRACE_PC: Final = Mode.TRACE_PC
 
 _T = TypeVar("_T")
 
+# True while some thread is inside a device call's locked section.  Only the lock's holder
+# reads or writes it, so when a call finds it set after taking the (reentrant) lock, the
+# calling thread is already inside a device call: a signal handler or a finaliser runs this
+# call in the middle of that one.  Such a nested call is refused with EDEADLK (see _enter).
+_busy = False
+
 
 class DeviceState:
     """What one device is, as the profile rules see it.  Read and written under the lock."""
@@ -439,17 +445,24 @@ class Device:
         """Run the owner's pending task work now (gvisor profile; a no-op for linux)."""
         # _syscall spelt out: flush runs once per input in a fuzz loop, and the indirection
         # would add a third to its cost.
+        global _busy
         task = tasks.current()
         with _LOCK:
+            if _busy:
+                fail(errno.EDEADLK)
+            _busy = True  # no check point between this store and the try
             try:
-                st = self._state
-                if st.closed:
-                    fail(errno.EBADF)
-                owner = st.owner
-                if self._rules.has_task_work and owner is not None and owner is not task:
-                    tasks.return_to_user(owner)
+                try:
+                    st = self._state
+                    if st.closed:
+                        fail(errno.EBADF)
+                    owner = st.owner
+                    if self._rules.has_task_work and owner is not None and owner is not task:
+                        tasks.return_to_user(owner)
+                finally:
+                    tasks.return_to_user(task)
             finally:
-                tasks.return_to_user(task)
+                _busy = False
 
     def close(self) -> None:
         """Close the device (gvisor: coverage stops, the area is detached)."""
@@ -459,15 +472,29 @@ class Device:
 
     def _syscall(self, op: Callable[..., _T], *args: Any) -> _T:
         """Run op(task, *args) as a system call of the calling thread: under the lock, EBADF on
-        a closed device, and the thread's task work on the way out, whatever op did."""
+        a closed device, and the thread's task work on the way out, whatever op did.
+
+        A call made while the calling thread is already inside one (from a signal handler or
+        a finaliser that interrupted it) fails with EDEADLK and changes nothing: the other
+        call is between its checks and its commit, and a state change in between would
+        invalidate its checks.  The kernel never sees this case (signal handlers run after
+        the system call returns); EDEADLK is what an error-checking mutex says to its owner.
+        """
+        global _busy
         task = tasks.current()
         with _LOCK:
+            if _busy:
+                fail(errno.EDEADLK)
+            _busy = True  # no check point between this store and the try
             try:
-                if self._state.closed:
-                    fail(errno.EBADF)
-                return op(task, *args)
+                try:
+                    if self._state.closed:
+                        fail(errno.EBADF)
+                    return op(task, *args)
+                finally:
+                    tasks.return_to_user(task)
             finally:
-                tasks.return_to_user(task)
+                _busy = False
 
     def _ioctl(self, task: tasks.Task, cmd: int, arg: int) -> None:
         if cmd == KCOV_INIT_TRACE:

@@ -30,6 +30,7 @@ Invariants checked after every injection:
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import sys
@@ -334,3 +335,119 @@ def test_interrupted_task_exit_completes(no_leftovers: None, profile: str) -> No
             assert n > 1
             return
     pytest.fail("the exit never completed")
+
+
+# -- device calls nested inside device calls ---------------------------------------------------
+# A signal handler (or a finaliser the garbage collector runs) may itself make device calls,
+# at any point where it can run: in the middle of another device call of the same thread.  A
+# nested call that lands inside the other call's locked section would act on a half-checked
+# state (a second enable between the other enable's checks and its commit, a close while the
+# collecting set is being rebuilt), so it is refused with EDEADLK and changes nothing; one that
+# lands outside runs normally.
+
+
+class Nester(Injector):
+    """Runs nested() at the n-th injection point instead of raising; keeps what it raised."""
+
+    def __init__(self, n: int, nested: Callable[[], Any]) -> None:
+        super().__init__(n)
+        self.nested = nested
+        self.nested_exc: BaseException | None = None
+
+    def _point(self) -> None:
+        self.count += 1
+        if self.count == self.n:
+            self.fired = True
+            try:
+                self.nested()
+            except BaseException as exc:
+                self.nested_exc = exc
+
+
+NESTED: dict[str, Callable[[kcovx.Device, kcovx.Device], Any]] = {
+    "enable_other": lambda dev, other: other.enable(),
+    "close_other": lambda dev, other: other.close(),
+    "close_same": lambda dev, other: dev.close(),
+    "enable_same": lambda dev, other: dev.enable(),
+    "disable_same": lambda dev, other: dev.disable(),
+    "flush_same": lambda dev, other: dev.flush(),
+}
+
+
+def nested_trial(profile: str, op_name: str, nested_name: str, n: int) -> bool:
+    setup, op = OPERATIONS[op_name]
+    dev, other = kcovx.open(profile), kcovx.open(profile)
+    setup(dev)
+    _mapped(other)
+    nest = Nester(n, lambda: NESTED[nested_name](dev, other))
+    exc = nest.run(lambda: op(dev))
+    # Whatever ran first, each call failed only as a kcov call fails.
+    assert exc is None or isinstance(exc, OSError), (n, exc)
+    nexc = nest.nested_exc
+    assert nexc is None or isinstance(nexc, OSError), (n, nexc)
+    for d in (dev, other):
+        check_bookkeeping(d)
+    linux = device._RULES["linux"]
+    assert isinstance(linux, device._LinuxRules)
+    stuck = linux.kcov.get(tasks.current())
+    if stuck is not None and stuck.closed:
+        # A nested close after the enable returned: this thread records into the closed
+        # device until it exits (Linux), so it can enable nothing else; the exit cleans up.
+        assert stuck is dev._state
+        finish(other)
+        return nest.fired
+    # One at a time: a gvisor task may have both enabled, and then either one's task work
+    # takes the pending PCs.
+    for d in (dev, other):
+        if not d.closed and d.owner == threading.get_ident():
+            d.disable()
+    for d in (dev, other):
+        recover_and_record(d, None)
+        finish(d)
+    return nest.fired
+
+
+@pytest.mark.parametrize("nested_name", list(NESTED))
+@pytest.mark.parametrize("op_name", ["enable", "disable", "flush", "close_enabled", "mmap"])
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_nested_device_call_is_refused_or_whole(
+    no_leftovers: None, profile: str, op_name: str, nested_name: str
+) -> None:
+    def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    if profile == "linux":
+        run = in_thread  # a closed enabled device records for its thread until that exits
+    for n in range(1, MAX_POINTS):
+        if not run(nested_trial, profile, op_name, nested_name, n):
+            assert n > 1
+            return
+    pytest.fail("the operation never completed")
+
+
+def test_nested_device_call_inside_a_call_is_edeadlk(no_leftovers: None) -> None:
+    dev, other = kcovx.open("linux"), kcovx.open("linux")
+    _mapped(dev)
+    _mapped(other)
+    seen: list[BaseException | None] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        # The first C call the linux enable rule makes: it has checked nothing yet.
+        if event == "c_return" and frame.f_code.co_qualname == "_LinuxRules.enable" and not seen:
+            try:
+                other.enable()
+                seen.append(None)
+            except OSError as exc:
+                seen.append(exc)
+
+    sys.setprofile(profile)
+    try:
+        dev.enable()
+    finally:
+        sys.setprofile(None)
+    assert len(seen) == 1 and isinstance(seen[0], OSError)
+    assert seen[0].errno == errno.EDEADLK
+    assert other.mode == Mode.INIT and other.owner is None
+    assert dev.owner == threading.get_ident()
+    finish(dev)
+    finish(other)
