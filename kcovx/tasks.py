@@ -188,27 +188,23 @@ def return_to_user(task: Task) -> None:
                 work.remove(item)
 
 
-def _before_fork() -> None:
-    _LOCK.acquire()
-
-
-def _after_fork_parent() -> None:
-    _LOCK.release()
-
-
 def _after_fork_child() -> None:
-    # The forking thread holds _LOCK (taken in _before_fork) and is this process's only
-    # thread, with the same ident: the lock object stays valid and is released below.
+    # Runs first of this module's child hooks, while the forking thread still holds _LOCK
+    # (taken before the fork): it is this process's only thread, with the same ident, so
+    # the lock stays valid and is released by the hook registered after this one.
     global _generation
-    try:
-        _generation += 1
-        _area._set_thread_target(None, 0)
-        for client in _clients:
-            client.on_fork_child()
-    finally:
-        _LOCK.release()
+    _generation += 1
+    _area._set_thread_target(None, 0)
+    for client in _clients:
+        client.on_fork_child()
 
 
+# The lock is taken and released by its own C methods, not from a Python function: a signal
+# handler can run at the entry of any Python function, CPython reports a fork hook's exception
+# and carries on, and a hook interrupted that way would leave the lock held for good.  The
+# child's work above runs in Python (an interruption there skips it, and is reported); the
+# release after it runs whatever happened to it.  Child hooks run in registration order.
+os.register_at_fork(after_in_child=_after_fork_child)
 os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+    before=_LOCK.acquire, after_in_parent=_LOCK.release, after_in_child=_LOCK.release
 )
