@@ -43,8 +43,12 @@ _generation = 0
 
 _local = threading.local()
 
-# How many times a task exit is run when asynchronous exceptions keep interrupting it.
-_EXIT_ATTEMPTS = 3
+# How many times a task exit is run when asynchronous exceptions keep interrupting it.  A
+# thread sent exceptions in a loop while it exits (a signal storm, PyThreadState_SetAsyncExc
+# from another thread) is interrupted many times; an exit given up leaves its devices traced
+# for a dead owner for good, so only an exit that fails by itself every time (a bug, then
+# reported) may exhaust this.  Each run is a few microseconds.
+_EXIT_ATTEMPTS = 1000
 
 
 class TaskWork(Protocol):

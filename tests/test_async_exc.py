@@ -451,3 +451,41 @@ def test_nested_device_call_inside_a_call_is_edeadlk(no_leftovers: None) -> None
     assert dev.owner == threading.get_ident()
     finish(dev)
     finish(other)
+
+
+@pytest.mark.parametrize("storm", [3, 10, 50])
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_task_exit_interrupted_again_and_again_completes(
+    no_leftovers: None, monkeypatch: pytest.MonkeyPatch, profile: str, storm: int
+) -> None:
+    # A thread that keeps being sent exceptions while it exits (PyThreadState_SetAsyncExc in
+    # a loop, a signal storm): each run of the exit is interrupted at the entry of the
+    # profile's exit handler, storm times in a row.  (Not with Injector: CPython removes a
+    # trace function that raises, so it can interrupt only once.)  The exit must still end
+    # with the thread's device back in INIT; it used to give up after three runs, leaving
+    # the device tracing for a dead owner, EINVAL for every caller, for good.
+    rules = device._RULES[profile]
+    handler = rules.on_task_exit
+    left = [storm]
+
+    def interrupted(task: tasks.Task) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise KeyboardInterrupt("exception storm")
+        handler(task)
+
+    monkeypatch.setattr(rules, "on_task_exit", interrupted)
+    dev = kcovx.open(profile)
+    _mapped(dev)
+    w = Worker()
+    w.call(dev.enable)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    w.stop()
+    monkeypatch.undo()
+    assert left == [0]
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert dev.mode == Mode.INIT and dev.owner is None
+    check_bookkeeping(dev)
+    recover_and_record(dev, None)
+    dev.close()
