@@ -3,10 +3,10 @@
 Owns:
 - ``Task``: the kernel's task for one Python thread in one process: its ident and name, whether
   it has exited, its C recording target (the per-thread pointer of the core) and its task work.
-- Exit detection without the user's help: each task's thread holds a sentinel in a
-  ``threading.local``; CPython drops it when the thread's state is cleared, which happens in the
-  exiting thread before ``Thread.join()`` returns, and the sentinel's ``__del__`` runs every
-  client's ``on_task_exit``.
+- Exit detection without the user's help: each task's thread holds two sentinels in a
+  ``threading.local``; CPython drops them when the thread's state is cleared, which happens in
+  the exiting thread before ``Thread.join()`` returns, and each sentinel's ``__del__`` runs
+  every client's ``on_task_exit`` (twice: see ``_ExitSentinel``).
 - Fork: the lock is held across ``os.fork`` so the child sees a consistent state; in the child
   every task starts afresh (new generation), the calling thread's recording target is cleared
   and every client's ``on_fork_child`` runs.  The thread states of the parent's other threads,
@@ -90,8 +90,30 @@ class Task:
         return f"<kcovx task {self.name!r} ident={self.ident}>"
 
 
+def _run_exit(task: Task) -> None:
+    """Run task's exit whole.  It is retried if an asynchronous exception interrupts it (every
+    step is idempotent); the exception is re-raised afterwards, which CPython reports as
+    unraisable ("Exception ignored in ...")."""
+    interrupted: BaseException | None = None
+    for _ in range(_EXIT_ATTEMPTS):
+        try:
+            _task_exit(task)
+            break
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 class _ExitSentinel:
-    """Dropped with its thread's locals; its finaliser runs the task's exit handlers."""
+    """Dropped with its thread's locals; its finaliser runs the task's exit handlers.
+
+    Each task has two (``_local.sentinel`` is a pair), so the exit runs twice: an exception
+    at a Python function's entry (a signal handler, an asynchronous exception) makes CPython
+    report it and skip the whole function, so one finaliser can be skipped, and the report
+    may even keep that sentinel alive (its traceback holds the finaliser's frame); the other
+    one then runs the exit.  After a complete run, a second one changes nothing.
+    """
 
     __slots__ = ("task",)
 
@@ -99,18 +121,7 @@ class _ExitSentinel:
         self.task = task
 
     def __del__(self) -> None:
-        # The exit is retried whole if an asynchronous exception interrupts it (every step is
-        # idempotent); the exception is re-raised afterwards, which CPython reports as
-        # unraisable ("Exception ignored in ...").
-        interrupted: BaseException | None = None
-        for _ in range(_EXIT_ATTEMPTS):
-            try:
-                _task_exit(self.task)
-                break
-            except BaseException as exc:
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+        _run_exit(self.task)
 
 
 def lock() -> threading.RLock:
@@ -139,8 +150,8 @@ def current() -> Task:
     task: Task | None = getattr(_local, "task", None)
     if task is None or task.generation != _generation:
         task = Task(threading.current_thread())
-        sentinel = _ExitSentinel(task)
-        _local.sentinel, _local.task = sentinel, task  # both or neither: no call in between
+        sentinels = (_ExitSentinel(task), _ExitSentinel(task))
+        _local.sentinel, _local.task = sentinels, task  # both or neither: no call in between
     return task
 
 

@@ -489,3 +489,39 @@ def test_task_exit_interrupted_again_and_again_completes(
     check_bookkeeping(dev)
     recover_and_record(dev, None)
     dev.close()
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_task_exit_runs_when_the_finaliser_is_interrupted_at_entry(
+    no_leftovers: None, profile: str
+) -> None:
+    # An exception at the entry of the exit sentinel's finaliser: CPython reports it and
+    # runs none of the finaliser's code.  The exit must run all the same (it did not: the
+    # device stayed tracing for the dead thread, EINVAL for every caller, for good).
+    dev = kcovx.open(profile)
+    _mapped(dev)
+    w = Worker()
+    w.call(dev.enable)
+    unraisable: list[Any] = []
+
+    def trace(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_qualname == "_ExitSentinel.__del__":
+            raise KeyboardInterrupt("at the finaliser's entry")
+
+    def leave() -> None:
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        sys.settrace(trace)
+        try:
+            delattr(tasks._local, "sentinel")
+        finally:
+            sys.settrace(None)
+            sys.unraisablehook = old_hook
+
+    w.call(leave)
+    w.stop()
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert dev.mode == Mode.INIT and dev.owner is None
+    check_bookkeeping(dev)
+    recover_and_record(dev, None)
+    dev.close()
