@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -106,13 +107,26 @@ class DeviceState:
 def _make_area(size: int, path: str | None) -> _area.Area:
     """A fresh zeroed area of size words, in anonymous shared memory or in a new file at path.
 
-    An existing file at path is unlinked first, so mappings of an older area keep their own
-    pages (as gVisor's detached mappings do) while the path names the new one.
+    An existing regular file (or symlink) at path is unlinked first, so mappings of an older
+    area keep their own pages (as gVisor's detached mappings do) while the path names the new
+    one.  Anything else there (a FIFO, a socket, a device node such as /dev/null) is not ours
+    to replace: FileExistsError; a directory: IsADirectoryError.
     """
     if path is None:
         return _area.Area(size)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    try:
+        kind = stat.S_IFMT(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        pass
+    else:
+        if kind == stat.S_IFDIR:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if kind not in (stat.S_IFREG, stat.S_IFLNK):
+            raise FileExistsError(
+                errno.EEXIST, f"{os.strerror(errno.EEXIST)} (not a regular file)", path
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
