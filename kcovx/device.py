@@ -83,6 +83,20 @@ _T = TypeVar("_T")
 # call in the middle of that one.  Such a nested call is refused with EDEADLK (see _enter).
 _busy = False
 
+# Devices closed by such a nested call: the close is deferred, not refused, and happens when
+# the interrupted call returns, as the kernel releases a file when the last system call in
+# flight on it ends.  (A finaliser that closes its device may be run by the garbage collector
+# in the middle of any device call.)  Read and written under the lock.
+_deferred_closes: list[Device] = []
+
+
+def _close_deferred(task: tasks.Task) -> None:
+    """Close the devices whose close was deferred.  Under the lock, not busy."""
+    while _deferred_closes:
+        dev = _deferred_closes[-1]
+        dev._rules.close(dev._state, task)  # idempotent: safe to redo if interrupted
+        _deferred_closes.pop()
+
 
 class DeviceState:
     """What one device is, as the profile rules see it.  Read and written under the lock."""
@@ -476,11 +490,25 @@ class Device:
                 finally:
                     tasks.return_to_user(task)
             finally:
-                _busy = False
+                try:
+                    if _deferred_closes:
+                        _close_deferred(task)
+                finally:
+                    _busy = False
 
     def close(self) -> None:
-        """Close the device (gvisor: coverage stops, the area is detached)."""
-        self._syscall(self._close)
+        """Close the device (gvisor: coverage stops, the area is detached).
+
+        Called in the middle of another device call of this thread (a signal handler, a
+        finaliser), the close happens when that call returns.
+        """
+        try:
+            self._syscall(self._close)
+        except OSError as exc:
+            if exc.errno != errno.EDEADLK:
+                raise
+            with _LOCK:
+                _deferred_closes.append(self)
 
     # -- the kernel side of each call (under the lock, device open) ---------------------------
 
@@ -508,7 +536,11 @@ class Device:
                 finally:
                     tasks.return_to_user(task)
             finally:
-                _busy = False
+                try:
+                    if _deferred_closes:
+                        _close_deferred(task)
+                finally:
+                    _busy = False
 
     def _ioctl(self, task: tasks.Task, cmd: int, arg: int) -> None:
         if cmd == KCOV_INIT_TRACE:

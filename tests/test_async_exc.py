@@ -525,3 +525,38 @@ def test_task_exit_runs_when_the_finaliser_is_interrupted_at_entry(
     check_bookkeeping(dev)
     recover_and_record(dev, None)
     dev.close()
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_nested_close_happens_when_the_interrupted_call_returns(
+    no_leftovers: None, profile: str
+) -> None:
+    # A finaliser that closes its device, run by the garbage collector in the middle of
+    # another device call: the close is not refused (the device would stay open for good)
+    # but deferred to the end of that call, as the kernel releases a file when the last
+    # system call in flight on it ends.
+    dev, other = kcovx.open(profile), kcovx.open(profile)
+    _mapped(dev)
+    _enabled(other) if profile == "gvisor" else _mapped(other)
+    during: list[bool] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        # The enable rule's entry: inside the enable's locked section.
+        if event == "call" and frame.f_code.co_qualname.endswith("Rules.enable") and not during:
+            other.close()  # returns normally
+            during.append(other.closed)
+
+    sys.setprofile(hook)
+    try:
+        dev.enable()
+    finally:
+        sys.setprofile(None)
+    assert during == [False]  # not yet: the enable was between its checks and its commit
+    assert other.closed and other.mode in (Mode.INIT, Mode.DISABLED) and other.owner is None
+    assert dev.owner == threading.get_ident()
+    check_bookkeeping(dev)
+    check_bookkeeping(other)
+    with pytest.raises(OSError) as err:
+        other.close()
+    assert err.value.errno == errno.EBADF
+    finish(dev)
