@@ -10,8 +10,10 @@ test runs one operation for n = 1, 2, ... until it completes without reaching th
 there would, for one, leave a lock held by a ``with`` whose body has not started.)  Signal
 handlers run only in the main thread, so operations run there; a thread's exit runs in the
 exiting thread, where only PyThreadState_SetAsyncExc can interrupt it, and is injected there
-the same way (except at the sentinel finaliser's own entry, where CPython swallows the
-exception before any kcovx code runs).
+the same way (except at the sentinel finaliser's own entry, where CPython reports the
+exception and skips the finaliser: a test of its own further down).
+Device calls that a handler makes in the middle of another device call are nested calls
+(refused with EDEADLK, close deferred), checked at the same points further down.
 
 Invariants checked after every injection:
 1. Atomic: the device's (mode, owner, size, closed, has area) is either what it was before the
