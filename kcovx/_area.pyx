@@ -449,8 +449,11 @@ def trace_pcs(pcs):
     cdef Py_buffer view
     cdef uint64_t n, i
     cdef const uint64_t *p
-    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    cdef kcovx_area_t *t
     _get_u64_buffer(pcs, &view)
+    # Read the target only now: getting the buffer can run Python code (a __buffer__ method)
+    # that disables the device and frees the area the thread was recording to.
+    t = kcovx_tls_pc_target
     try:
         n = <uint64_t> (view.len // sizeof(uint64_t))
         p = <const uint64_t *> view.buf

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -76,6 +77,26 @@ _TRACE_PC: Final = Mode.TRACE_PC
 
 _T = TypeVar("_T")
 
+# True while some thread is inside a device call's locked section.  Only the lock's holder
+# reads or writes it, so when a call finds it set after taking the (reentrant) lock, the
+# calling thread is already inside a device call: a signal handler or a finaliser runs this
+# call in the middle of that one.  Such a nested call is refused with EDEADLK (see _enter).
+_busy = False
+
+# Devices closed by such a nested call: the close is deferred, not refused, and happens when
+# the interrupted call returns, as the kernel releases a file when the last system call in
+# flight on it ends.  (A finaliser that closes its device may be run by the garbage collector
+# in the middle of any device call.)  Read and written under the lock.
+_deferred_closes: list[Device] = []
+
+
+def _close_deferred(task: tasks.Task) -> None:
+    """Close the devices whose close was deferred.  Under the lock, not busy."""
+    while _deferred_closes:
+        dev = _deferred_closes[-1]
+        dev._rules.close(dev._state, task)  # idempotent: safe to redo if interrupted
+        _deferred_closes.pop()
+
 
 class DeviceState:
     """What one device is, as the profile rules see it.  Read and written under the lock."""
@@ -100,13 +121,26 @@ class DeviceState:
 def _make_area(size: int, path: str | None) -> _area.Area:
     """A fresh zeroed area of size words, in anonymous shared memory or in a new file at path.
 
-    An existing file at path is unlinked first, so mappings of an older area keep their own
-    pages (as gVisor's detached mappings do) while the path names the new one.
+    An existing regular file (or symlink) at path is unlinked first, so mappings of an older
+    area keep their own pages (as gVisor's detached mappings do) while the path names the new
+    one.  Anything else there (a FIFO, a socket, a device node such as /dev/null) is not ours
+    to replace: FileExistsError; a directory: IsADirectoryError.
     """
     if path is None:
         return _area.Area(size)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    try:
+        kind = stat.S_IFMT(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        pass
+    else:
+        if kind == stat.S_IFDIR:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if kind not in (stat.S_IFREG, stat.S_IFLNK):
+            raise FileExistsError(
+                errno.EEXIST, f"{os.strerror(errno.EEXIST)} (not a regular file)", path
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
@@ -446,35 +480,74 @@ class Device:
         """Run the owner's pending task work now (gvisor profile; a no-op for linux)."""
         # _syscall spelt out: flush runs once per input in a fuzz loop, and the indirection
         # would add a third to its cost.
+        global _busy
         task = tasks.current()
         with _LOCK:
+            if _busy:
+                fail(errno.EDEADLK)
+            _busy = True  # no check point between this store and the try
             try:
-                st = self._state
-                if st.closed:
-                    fail(errno.EBADF)
-                owner = st.owner
-                if self._rules.has_task_work and owner is not None and owner is not task:
-                    tasks.return_to_user(owner)
+                try:
+                    st = self._state
+                    if st.closed:
+                        fail(errno.EBADF)
+                    owner = st.owner
+                    if self._rules.has_task_work and owner is not None and owner is not task:
+                        tasks.return_to_user(owner)
+                finally:
+                    tasks.return_to_user(task)
             finally:
-                tasks.return_to_user(task)
+                try:
+                    if _deferred_closes:
+                        _close_deferred(task)
+                finally:
+                    _busy = False
 
     def close(self) -> None:
-        """Close the device (gvisor: coverage stops, the area is detached)."""
-        self._syscall(self._close)
+        """Close the device (gvisor: coverage stops, the area is detached).
+
+        Called in the middle of another device call of this thread (a signal handler, a
+        finaliser), the close happens when that call returns.
+        """
+        try:
+            self._syscall(self._close)
+        except OSError as exc:
+            if exc.errno != errno.EDEADLK:
+                raise
+            with _LOCK:
+                _deferred_closes.append(self)
 
     # -- the kernel side of each call (under the lock, device open) ---------------------------
 
     def _syscall(self, op: Callable[..., _T], *args: Any) -> _T:
         """Run op(task, *args) as a system call of the calling thread: under the lock, EBADF on
-        a closed device, and the thread's task work on the way out, whatever op did."""
+        a closed device, and the thread's task work on the way out, whatever op did.
+
+        A call made while the calling thread is already inside one (from a signal handler or
+        a finaliser that interrupted it) fails with EDEADLK and changes nothing: the other
+        call is between its checks and its commit, and a state change in between would
+        invalidate its checks.  The kernel never sees this case (signal handlers run after
+        the system call returns); EDEADLK is what an error-checking mutex says to its owner.
+        """
+        global _busy
         task = tasks.current()
         with _LOCK:
+            if _busy:
+                fail(errno.EDEADLK)
+            _busy = True  # no check point between this store and the try
             try:
-                if self._state.closed:
-                    fail(errno.EBADF)
-                return op(task, *args)
+                try:
+                    if self._state.closed:
+                        fail(errno.EBADF)
+                    return op(task, *args)
+                finally:
+                    tasks.return_to_user(task)
             finally:
-                tasks.return_to_user(task)
+                try:
+                    if _deferred_closes:
+                        _close_deferred(task)
+                finally:
+                    _busy = False
 
     def _ioctl(self, task: tasks.Task, cmd: int, arg: int) -> None:
         if cmd == KCOV_INIT_TRACE:

@@ -3,10 +3,10 @@
 Owns:
 - ``Task``: the kernel's task for one Python thread in one process: its ident and name, whether
   it has exited, its C recording target (the per-thread pointer of the core) and its task work.
-- Exit detection without the user's help: each task's thread holds a sentinel in a
-  ``threading.local``; CPython drops it when the thread's state is cleared, which happens in the
-  exiting thread before ``Thread.join()`` returns, and the sentinel's ``__del__`` runs every
-  client's ``on_task_exit``.
+- Exit detection without the user's help: each task's thread holds two sentinels in a
+  ``threading.local``; CPython drops them when the thread's state is cleared, which happens in
+  the exiting thread before ``Thread.join()`` returns, and each sentinel's ``__del__`` runs
+  every client's ``on_task_exit`` (twice: see ``_ExitSentinel``).
 - Fork: the lock is held across ``os.fork`` so the child sees a consistent state; in the child
   every task starts afresh (new generation), the calling thread's recording target is cleared
   and every client's ``on_fork_child`` runs.  The thread states of the parent's other threads,
@@ -43,8 +43,12 @@ _generation = 0
 
 _local = threading.local()
 
-# How many times a task exit is run when asynchronous exceptions keep interrupting it.
-_EXIT_ATTEMPTS = 3
+# How many times a task exit is run when asynchronous exceptions keep interrupting it.  A
+# thread sent exceptions in a loop while it exits (a signal storm, PyThreadState_SetAsyncExc
+# from another thread) is interrupted many times; an exit given up leaves its devices traced
+# for a dead owner for good, so only an exit that fails by itself every time (a bug, then
+# reported) may exhaust this.  Each run is a few microseconds.
+_EXIT_ATTEMPTS = 1000
 
 
 class TaskWork(Protocol):
@@ -86,8 +90,30 @@ class Task:
         return f"<kcovx task {self.name!r} ident={self.ident}>"
 
 
+def _run_exit(task: Task) -> None:
+    """Run task's exit whole.  It is retried if an asynchronous exception interrupts it (every
+    step is idempotent); the exception is re-raised afterwards, which CPython reports as
+    unraisable ("Exception ignored in ...")."""
+    interrupted: BaseException | None = None
+    for _ in range(_EXIT_ATTEMPTS):
+        try:
+            _task_exit(task)
+            break
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 class _ExitSentinel:
-    """Dropped with its thread's locals; its finaliser runs the task's exit handlers."""
+    """Dropped with its thread's locals; its finaliser runs the task's exit handlers.
+
+    Each task has two (``_local.sentinel`` is a pair), so the exit runs twice: an exception
+    at a Python function's entry (a signal handler, an asynchronous exception) makes CPython
+    report it and skip the whole function, so one finaliser can be skipped, and the report
+    may even keep that sentinel alive (its traceback holds the finaliser's frame); the other
+    one then runs the exit.  After a complete run, a second one changes nothing.
+    """
 
     __slots__ = ("task",)
 
@@ -95,18 +121,7 @@ class _ExitSentinel:
         self.task = task
 
     def __del__(self) -> None:
-        # The exit is retried whole if an asynchronous exception interrupts it (every step is
-        # idempotent); the exception is re-raised afterwards, which CPython reports as
-        # unraisable ("Exception ignored in ...").
-        interrupted: BaseException | None = None
-        for _ in range(_EXIT_ATTEMPTS):
-            try:
-                _task_exit(self.task)
-                break
-            except BaseException as exc:
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+        _run_exit(self.task)
 
 
 def lock() -> threading.RLock:
@@ -135,8 +150,8 @@ def current() -> Task:
     task: Task | None = getattr(_local, "task", None)
     if task is None or task.generation != _generation:
         task = Task(threading.current_thread())
-        sentinel = _ExitSentinel(task)
-        _local.sentinel, _local.task = sentinel, task  # both or neither: no call in between
+        sentinels = (_ExitSentinel(task), _ExitSentinel(task))
+        _local.sentinel, _local.task = sentinels, task  # both or neither: no call in between
     return task
 
 
@@ -188,27 +203,23 @@ def return_to_user(task: Task) -> None:
                 work.remove(item)
 
 
-def _before_fork() -> None:
-    _LOCK.acquire()
-
-
-def _after_fork_parent() -> None:
-    _LOCK.release()
-
-
 def _after_fork_child() -> None:
-    # The forking thread holds _LOCK (taken in _before_fork) and is this process's only
-    # thread, with the same ident: the lock object stays valid and is released below.
+    # Runs first of this module's child hooks, while the forking thread still holds _LOCK
+    # (taken before the fork): it is this process's only thread, with the same ident, so
+    # the lock stays valid and is released by the hook registered after this one.
     global _generation
-    try:
-        _generation += 1
-        _area._set_thread_target(None, 0)
-        for client in _clients:
-            client.on_fork_child()
-    finally:
-        _LOCK.release()
+    _generation += 1
+    _area._set_thread_target(None, 0)
+    for client in _clients:
+        client.on_fork_child()
 
 
+# The lock is taken and released by its own C methods, not from a Python function: a signal
+# handler can run at the entry of any Python function, CPython reports a fork hook's exception
+# and carries on, and a hook interrupted that way would leave the lock held for good.  The
+# child's work above runs in Python (an interruption there skips it, and is reported); the
+# release after it runs whatever happened to it.  Child hooks run in registration order.
+os.register_at_fork(after_in_child=_after_fork_child)
 os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+    before=_LOCK.acquire, after_in_parent=_LOCK.release, after_in_child=_LOCK.release
 )

@@ -10,8 +10,10 @@ test runs one operation for n = 1, 2, ... until it completes without reaching th
 there would, for one, leave a lock held by a ``with`` whose body has not started.)  Signal
 handlers run only in the main thread, so operations run there; a thread's exit runs in the
 exiting thread, where only PyThreadState_SetAsyncExc can interrupt it, and is injected there
-the same way (except at the sentinel finaliser's own entry, where CPython swallows the
-exception before any kcovx code runs).
+the same way (except at the sentinel finaliser's own entry, where CPython reports the
+exception and skips the finaliser: a test of its own further down).
+Device calls that a handler makes in the middle of another device call are nested calls
+(refused with EDEADLK, close deferred), checked at the same points further down.
 
 Invariants checked after every injection:
 1. Atomic: the device's (mode, owner, size, closed, has area) is either what it was before the
@@ -30,6 +32,7 @@ Invariants checked after every injection:
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import sys
@@ -334,3 +337,228 @@ def test_interrupted_task_exit_completes(no_leftovers: None, profile: str) -> No
             assert n > 1
             return
     pytest.fail("the exit never completed")
+
+
+# -- device calls nested inside device calls ---------------------------------------------------
+# A signal handler (or a finaliser the garbage collector runs) may itself make device calls,
+# at any point where it can run: in the middle of another device call of the same thread.  A
+# nested call that lands inside the other call's locked section would act on a half-checked
+# state (a second enable between the other enable's checks and its commit, a close while the
+# collecting set is being rebuilt), so it is refused with EDEADLK and changes nothing; one that
+# lands outside runs normally.
+
+
+class Nester(Injector):
+    """Runs nested() at the n-th injection point instead of raising; keeps what it raised."""
+
+    def __init__(self, n: int, nested: Callable[[], Any]) -> None:
+        super().__init__(n)
+        self.nested = nested
+        self.nested_exc: BaseException | None = None
+
+    def _point(self) -> None:
+        self.count += 1
+        if self.count == self.n:
+            self.fired = True
+            try:
+                self.nested()
+            except BaseException as exc:
+                self.nested_exc = exc
+
+
+NESTED: dict[str, Callable[[kcovx.Device, kcovx.Device], Any]] = {
+    "enable_other": lambda dev, other: other.enable(),
+    "close_other": lambda dev, other: other.close(),
+    "close_same": lambda dev, other: dev.close(),
+    "enable_same": lambda dev, other: dev.enable(),
+    "disable_same": lambda dev, other: dev.disable(),
+    "flush_same": lambda dev, other: dev.flush(),
+}
+
+
+def nested_trial(profile: str, op_name: str, nested_name: str, n: int) -> bool:
+    setup, op = OPERATIONS[op_name]
+    dev, other = kcovx.open(profile), kcovx.open(profile)
+    setup(dev)
+    _mapped(other)
+    nest = Nester(n, lambda: NESTED[nested_name](dev, other))
+    exc = nest.run(lambda: op(dev))
+    # Whatever ran first, each call failed only as a kcov call fails.
+    assert exc is None or isinstance(exc, OSError), (n, exc)
+    nexc = nest.nested_exc
+    assert nexc is None or isinstance(nexc, OSError), (n, nexc)
+    for d in (dev, other):
+        check_bookkeeping(d)
+    linux = device._RULES["linux"]
+    assert isinstance(linux, device._LinuxRules)
+    stuck = linux.kcov.get(tasks.current())
+    if stuck is not None and stuck.closed:
+        # A nested close after the enable returned: this thread records into the closed
+        # device until it exits (Linux), so it can enable nothing else; the exit cleans up.
+        assert stuck is dev._state
+        finish(other)
+        return nest.fired
+    # One at a time: a gvisor task may have both enabled, and then either one's task work
+    # takes the pending PCs.
+    for d in (dev, other):
+        if not d.closed and d.owner == threading.get_ident():
+            d.disable()
+    for d in (dev, other):
+        recover_and_record(d, None)
+        finish(d)
+    return nest.fired
+
+
+@pytest.mark.parametrize("nested_name", list(NESTED))
+@pytest.mark.parametrize("op_name", ["enable", "disable", "flush", "close_enabled", "mmap"])
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_nested_device_call_is_refused_or_whole(
+    no_leftovers: None, profile: str, op_name: str, nested_name: str
+) -> None:
+    def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    if profile == "linux":
+        run = in_thread  # a closed enabled device records for its thread until that exits
+    for n in range(1, MAX_POINTS):
+        if not run(nested_trial, profile, op_name, nested_name, n):
+            assert n > 1
+            return
+    pytest.fail("the operation never completed")
+
+
+def test_nested_device_call_inside_a_call_is_edeadlk(no_leftovers: None) -> None:
+    dev, other = kcovx.open("linux"), kcovx.open("linux")
+    _mapped(dev)
+    _mapped(other)
+    seen: list[BaseException | None] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        # The first C call the linux enable rule makes: it has checked nothing yet.
+        if event == "c_return" and frame.f_code.co_qualname == "_LinuxRules.enable" and not seen:
+            try:
+                other.enable()
+                seen.append(None)
+            except OSError as exc:
+                seen.append(exc)
+
+    sys.setprofile(profile)
+    try:
+        dev.enable()
+    finally:
+        sys.setprofile(None)
+    assert len(seen) == 1 and isinstance(seen[0], OSError)
+    assert seen[0].errno == errno.EDEADLK
+    assert other.mode == Mode.INIT and other.owner is None
+    assert dev.owner == threading.get_ident()
+    finish(dev)
+    finish(other)
+
+
+@pytest.mark.parametrize("storm", [3, 10, 50])
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_task_exit_interrupted_again_and_again_completes(
+    no_leftovers: None, monkeypatch: pytest.MonkeyPatch, profile: str, storm: int
+) -> None:
+    # A thread that keeps being sent exceptions while it exits (PyThreadState_SetAsyncExc in
+    # a loop, a signal storm): each run of the exit is interrupted at the entry of the
+    # profile's exit handler, storm times in a row.  (Not with Injector: CPython removes a
+    # trace function that raises, so it can interrupt only once.)  The exit must still end
+    # with the thread's device back in INIT; it used to give up after three runs, leaving
+    # the device tracing for a dead owner, EINVAL for every caller, for good.
+    rules = device._RULES[profile]
+    handler = rules.on_task_exit
+    left = [storm]
+
+    def interrupted(task: tasks.Task) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise KeyboardInterrupt("exception storm")
+        handler(task)
+
+    monkeypatch.setattr(rules, "on_task_exit", interrupted)
+    dev = kcovx.open(profile)
+    _mapped(dev)
+    w = Worker()
+    w.call(dev.enable)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    w.stop()
+    monkeypatch.undo()
+    assert left == [0]
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert dev.mode == Mode.INIT and dev.owner is None
+    check_bookkeeping(dev)
+    recover_and_record(dev, None)
+    dev.close()
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_task_exit_runs_when_the_finaliser_is_interrupted_at_entry(
+    no_leftovers: None, profile: str
+) -> None:
+    # An exception at the entry of the exit sentinel's finaliser: CPython reports it and
+    # runs none of the finaliser's code.  The exit must run all the same (it did not: the
+    # device stayed tracing for the dead thread, EINVAL for every caller, for good).
+    dev = kcovx.open(profile)
+    _mapped(dev)
+    w = Worker()
+    w.call(dev.enable)
+    unraisable: list[Any] = []
+
+    def trace(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_qualname == "_ExitSentinel.__del__":
+            raise KeyboardInterrupt("at the finaliser's entry")
+
+    def leave() -> None:
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        sys.settrace(trace)
+        try:
+            delattr(tasks._local, "sentinel")
+        finally:
+            sys.settrace(None)
+            sys.unraisablehook = old_hook
+
+    w.call(leave)
+    w.stop()
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert dev.mode == Mode.INIT and dev.owner is None
+    check_bookkeeping(dev)
+    recover_and_record(dev, None)
+    dev.close()
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_nested_close_happens_when_the_interrupted_call_returns(
+    no_leftovers: None, profile: str
+) -> None:
+    # A finaliser that closes its device, run by the garbage collector in the middle of
+    # another device call: the close is not refused (the device would stay open for good)
+    # but deferred to the end of that call, as the kernel releases a file when the last
+    # system call in flight on it ends.
+    dev, other = kcovx.open(profile), kcovx.open(profile)
+    _mapped(dev)
+    _enabled(other) if profile == "gvisor" else _mapped(other)
+    during: list[bool] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        # The enable rule's entry: inside the enable's locked section.
+        if event == "call" and frame.f_code.co_qualname.endswith("Rules.enable") and not during:
+            other.close()  # returns normally
+            during.append(other.closed)
+
+    sys.setprofile(hook)
+    try:
+        dev.enable()
+    finally:
+        sys.setprofile(None)
+    assert during == [False]  # not yet: the enable was between its checks and its commit
+    assert other.closed and other.mode in (Mode.INIT, Mode.DISABLED) and other.owner is None
+    assert dev.owner == threading.get_ident()
+    check_bookkeeping(dev)
+    check_bookkeeping(other)
+    with pytest.raises(OSError) as err:
+        other.close()
+    assert err.value.errno == errno.EBADF
+    finish(dev)

@@ -48,10 +48,11 @@ else:
 """
 
 
-def run_child(code: str, *args: str) -> str:
-    """Run code in a child interpreter; its stdout, after checking that it exited cleanly."""
+def run_child(code: str, *args: str, flags: tuple[str, ...] = ()) -> str:
+    """Run code in a child interpreter (with interpreter flags); its stdout, after checking
+    that it exited cleanly."""
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *flags, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 3,
@@ -206,3 +207,35 @@ def test_area_size_limit_is_the_headers() -> None:
     Area(1)
     with pytest.raises(ValueError, match=str(2**56)):
         Area(_area.MAX_WORDS + 1)
+
+
+# A buffer exporter written in Python (PEP 688, 3.12+) runs code while trace_pcs gets the
+# buffer: here it disables the calling thread's linux device and drops it, which unmaps the
+# area.  trace_pcs must then record for the state after the export (nowhere), not into the
+# area the thread was recording to when the call began (that was a write into freed memory).
+# -X dev: the debug allocator poisons the freed Area, so a stale target faults at once.
+EXPORTER_DROPS_TARGET = r"""
+import array, gc
+import kcovx
+
+held = {}
+dev = kcovx.open("linux")
+dev.init_trace(1 << 16)
+dev.enable()
+held["dev"] = dev
+del dev
+
+class Exporter:
+    def __buffer__(self, flags):
+        held.pop("dev").disable()
+        gc.collect()
+        return memoryview(array.array("Q", range(1, 20001)))
+
+kcovx.trace_pcs(Exporter())
+print("recorded nowhere")
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python-level __buffer__ is PEP 688, 3.12+")
+def test_trace_pcs_reads_the_target_after_getting_the_buffer() -> None:
+    assert run_child(EXPORTER_DROPS_TARGET, flags=("-X", "dev")) == "recorded nowhere"

@@ -352,3 +352,54 @@ def test_fork_by_any_thread_child_cannot_touch_enabled_device(profile: str, owne
     assert got["disable"] == errno.EINVAL
     assert got["parent"] == [1, 0x600D]  # nothing from the child; the owner still records
     assert got["parent_mode"] == int(Mode.TRACE_PC)
+
+
+# A signal handler runs where CPython checks for one, which includes the entry of any Python
+# function: the fork hooks too.  One that raises there (KeyboardInterrupt on Ctrl-C during a
+# fork) makes CPython report the hook's exception and go on, so a hook that takes or releases
+# the state machine's lock must not be a Python function (the parent kept the lock and every
+# other thread's device call hung).  Each trial raises at the entry of every Python function
+# of kcovx.tasks with the given name (in the parent, and in the child, which inherits the trace
+# function), then checks that the lock is free and that another thread's device call
+# completes, in the parent and in the child.
+FORK_HOOK_INTERRUPTED = r"""
+import os, sys, threading
+import kcovx
+from kcovx import tasks
+
+def device_call_in_thread():
+    t = threading.Thread(target=lambda: kcovx.open().init_trace(512), daemon=True)
+    t.start()
+    t.join(5)
+    return not t.is_alive()
+
+def trace(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and code.co_filename == tasks.__file__ and code.co_name == sys.argv[1]:
+        raise KeyboardInterrupt(frame.f_code.co_name)
+    return None
+
+sys.unraisablehook = lambda u: None  # CPython reports the hooks' exceptions: expected
+kcovx.open().init_trace(512)
+sys.settrace(trace)
+pid = os.fork()
+sys.settrace(None)
+if pid == 0:
+    os._exit(0 if device_call_in_thread() else 3)
+_, status = os.waitpid(pid, 0)
+owned = tasks.lock()._is_owned()
+print(f"held={owned} thread_done={device_call_in_thread()} child_status={status}")
+"""
+
+
+@pytest.mark.parametrize("hook", ["_before_fork", "_after_fork_parent", "_after_fork_child"])
+def test_fork_hook_interrupted_at_entry_leaves_lock_free(hook: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_HOOK_INTERRUPTED, hook],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "held=False thread_done=True child_status=0"

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,50 @@ def test_file_mode_0600_whatever_the_umask(
     finally:
         os.umask(old)
     assert mode_bits(p) == 0o600
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+def _socket(p: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(p))
+
+
+def _symlink_to_fifo(p: Path) -> None:
+    os.mkfifo(p.with_name("fifo"))
+    os.symlink(p.with_name("fifo"), p)
+
+
+# Only a regular file (or a symlink, which is replaced, not followed) is replaced: a FIFO, a
+# socket or a device node at the path is someone else's (path="/dev/null" as root replaced
+# the machine's /dev/null with a regular file).  A directory was already refused (EISDIR).
+@pytest.mark.parametrize("make", [_fifo, _socket], ids=["fifo", "socket"])
+@pytest.mark.parametrize("profile", ["linux", "gvisor"])
+def test_path_that_is_not_a_regular_file_is_refused_and_kept(
+    devices: Devices, tmp_path: Path, profile: str, make: Callable[[Path], None]
+) -> None:
+    p = tmp_path / "area"
+    make(p)
+    kind = stat.S_IFMT(os.lstat(p).st_mode)
+    dev = devices.open(profile, path=p)
+    with pytest.raises(FileExistsError):
+        dev.init_trace(512)
+        dev.mmap()
+    assert stat.S_IFMT(os.lstat(p).st_mode) == kind
+    assert dev.area is None
+
+
+def test_symlink_at_path_is_replaced_not_followed(devices: Devices, tmp_path: Path) -> None:
+    p = tmp_path / "area"
+    _symlink_to_fifo(p)
+    dev = devices.open("linux", path=p)
+    dev.init_trace(512)
+    assert stat.S_ISREG(os.lstat(p).st_mode)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
 
 
 def test_existing_file_replaced_with_0600(devices: Devices, tmp_path: Path) -> None:
