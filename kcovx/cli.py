@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Final, TextIO, TypeVar
 
 import kcovx
-from kcovx.device import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
+from kcovx.profiles import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
 
 _T = TypeVar("_T")
 

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Iterable
 
 from kcovx._files import read_regular, replace_file
-from kcovx.device import LINUX_MAX_WORDS
 from kcovx.errors import CoverFileError
+from kcovx.profiles import LINUX_MAX_WORDS
 
 # The largest area any profile makes (linux's; gvisor's maximum is smaller), in words.
 MAX_WORDS = LINUX_MAX_WORDS

@@ -2,8 +2,8 @@
 
 A signal handler that raises (KeyboardInterrupt on SIGINT) runs where CPython checks for
 pending calls: at a function's entry, after a C function returns, and on a loop's back-edge.
-``Injector`` raises KeyboardInterrupt at the n-th such point inside kcovx's device.py and
-tasks.py -- every 'call' event there and every line event that jumps backwards
+``Injector`` raises KeyboardInterrupt at the n-th such point inside kcovx's device.py,
+profiles.py and tasks.py -- every 'call' event there and every line event that jumps backwards
 (sys.settrace), and every 'c_return' from a C call made there (sys.setprofile) -- and each
 test runs one operation for n = 1, 2, ... until it completes without reaching the n-th point.
 (Not at every line: between two lines without a call CPython runs no handler, and injecting
@@ -45,9 +45,9 @@ import pytest
 from _kcovx_support import Worker, in_thread
 
 import kcovx
-from kcovx import Mode, _area, device, tasks
+from kcovx import Mode, _area, device, profiles, tasks
 
-FILES = {device.__file__, tasks.__file__}
+FILES = {device.__file__, profiles.__file__, tasks.__file__}
 MAX_POINTS = 2000  # more injection points than any operation has
 _fresh_pcs = itertools.count(0xC0000000)  # PCs never seen before: each one grows the pending set
 
@@ -109,16 +109,16 @@ def snapshot(dev: kcovx.Device) -> tuple[Any, ...]:
     return (dev.mode, who, dev.size, dev.closed, dev.area is not None)
 
 
-def collects(st: device.DeviceState) -> bool:
+def collects(st: profiles.DeviceState) -> bool:
     owner = st.owner
     return st.mode == Mode.TRACE_PC and owner is not None and tasks.is_live(owner) and not st.closed
 
 
 def check_bookkeeping(dev: kcovx.Device) -> None:
-    st: device.DeviceState = dev._state
-    linux = device._RULES["linux"]
-    assert isinstance(linux, device._LinuxRules)
-    gvisor = device._GVISOR
+    st: profiles.DeviceState = dev._state
+    linux = profiles.RULES["linux"]
+    assert isinstance(linux, profiles._LinuxRules)
+    gvisor = profiles._GVISOR
     if dev.profile == "linux":
         holders = [t for t, s in linux.kcov.items() if s is st]
         if st.mode in (Mode.TRACE_PC, Mode.TRACE_CMP):
@@ -129,7 +129,7 @@ def check_bookkeeping(dev: kcovx.Device) -> None:
         assert st.owner is None or st.mode == Mode.TRACE_PC
         if collects(st):
             assert st.owner is not None
-            assert device._CoverageWork(st) in st.owner.work
+            assert profiles._CoverageWork(st) in st.owner.work
     # This thread records into the area of the linux device it has enabled, or nowhere.
     me = tasks.current()
     mine = linux.kcov.get(me)
@@ -389,8 +389,8 @@ def nested_trial(profile: str, op_name: str, nested_name: str, n: int) -> bool:
     assert nexc is None or isinstance(nexc, OSError), (n, nexc)
     for d in (dev, other):
         check_bookkeeping(d)
-    linux = device._RULES["linux"]
-    assert isinstance(linux, device._LinuxRules)
+    linux = profiles.RULES["linux"]
+    assert isinstance(linux, profiles._LinuxRules)
     stuck = linux.kcov.get(tasks.current())
     if stuck is not None and stuck.closed:
         # A nested close after the enable returned: this thread records into the closed
@@ -466,7 +466,7 @@ def test_task_exit_interrupted_again_and_again_completes(
     # trace function that raises, so it can interrupt only once.)  The exit must still end
     # with the thread's device back in INIT; it used to give up after three runs, leaving
     # the device tracing for a dead owner, EINVAL for every caller, for good.
-    rules = device._RULES[profile]
+    rules = profiles.RULES[profile]
     handler = rules.on_task_exit
     left = [storm]
 
