@@ -134,7 +134,8 @@ def report_imports(wl: Workload, imp: dict[str, Any]) -> list[Row]:
         f"{len(ms['plain'])}: plain (.pyc) {median(ms['plain']):.2f}, compiled from source "
         f"{median(ms['source']):.2f}, kcovx warm cache {median(ms['warm']):.2f} (of which "
         f"creating the hook {median(imp['hook_ms']):.2f}), kcovx no cache "
-        f"{median(ms['cold']):.2f}"
+        f"{median(ms['cold']):.2f}; loading kcovx's instrumentation first, once per process "
+        f"and not counted: {median(imp['load_ms']):.2f}"
     )
     print()
     n = wl.name
