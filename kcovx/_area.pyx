@@ -1,23 +1,26 @@
 # kcovx/_area.pyx: the compiled core.
 #
 # Owns: mapping lifetime (Area), the per-event entry points trace_pc/trace_cmp, bulk appends,
-# the gVisor-profile pending set (global "covered since the last consume"), the per-thread
-# recording target of the linux profile (kcovx_tls.h), the C API capsule, and the Python names
-# of kcovx.h's constants (KCOVX_X is X here; kcovx.abi re-exports them).
+# the Python side of the gVisor-profile pending set (deduplication of Python PCs), the C API
+# capsule, and the Python names of kcovx.h's constants (KCOVX_X is X here; kcovx.abi re-exports
+# them).  The state a recording needs (per-thread targets, the gvisor order buffers, the native
+# objects) belongs to the native runtime libkcovx_rt.so (kcovx_rt.h), which this module links
+# against, so that native hooks and Python probes record into one place.
 #
 # Invariants and threading contract:
 # - An Area's mapping is created in __cinit__ and unmapped only in __dealloc__, so any numpy
 #   view (which holds a reference to the Area through the buffer protocol) stays valid.
-# - One writer per area (kcovx.h).  The per-thread target (linux profile) lives in C
-#   thread-local storage and is only ever set or cleared by its own thread, through
+# - One writer per area (kcovx.h).  The per-thread target (linux profile) lives in the
+#   runtime's thread-local storage and is only ever set or cleared by its own thread, through
 #   _set_thread_target; the Python layer holds a reference to the Area while it is set.
-# - The pending set is touched only with the GIL held (trace_pc, trace_pcs, the C API's
-#   trace_pc, consume, clear), so the GIL is its lock; it is never released while the set is
-#   in use.  Bulk copies into an area release the GIL when large.
+# - The Python dedup table is touched only with the GIL held (trace_pc, trace_pcs, the C API's
+#   trace_pc, consume, clear), so the GIL is its lock; consumes of the runtime's order buffers
+#   also run with the GIL, so there is one consumer at a time.  Bulk copies into an area
+#   release the GIL when large.
 # - Per-event entry points take no locks, make no Python calls and allocate only when the
-#   pending set grows (amortised, and a failure is a MemoryError, never a crash).
+#   dedup table grows (amortised, and a failure is a MemoryError, never a crash).
 # - Every size computed here is bounded before use: areas by KCOVX_MAX_WORDS, Probe tables and
-#   the pending set by SIZE_MAX / 8, so no byte count wraps.
+#   the dedup table by SIZE_MAX / 8, so no byte count wraps.
 
 cimport cython
 from cpython.buffer cimport (
@@ -34,7 +37,7 @@ from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
-from libc.stdint cimport SIZE_MAX, uint32_t, uint64_t
+from libc.stdint cimport SIZE_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -44,10 +47,42 @@ import os as _os
 cdef extern from "<sys/mman.h>" nogil:
     int MAP_ANONYMOUS
 
-cdef extern from "kcovx_tls.h":
+cdef extern from "kcovx_rt.h" nogil:
+    # The native runtime (libkcovx_rt.so) owns the state a recording needs (kcovx_rt.h).
+    const unsigned KCOVX_RT_ABI_VERSION
+    const char *KCOVX_RT_SONAME
+    const uint64_t KCOVX_RT_ORDER_CAP
+    const uint64_t KCOVX_NATIVE_BIT
+    const unsigned KCOVX_NATIVE_UNKNOWN_UNIT
     # The calling thread's recording targets (linux profile); NULL: none.
     kcovx_area_t *kcovx_tls_pc_target
     kcovx_area_t *kcovx_tls_cmp_target
+    int kcovx_rt_collecting
+    ctypedef struct kcovx_rt_object_t:
+        uintptr_t lo
+        uintptr_t span
+        uintptr_t base
+        uint64_t unit
+        uint32_t build_id_len
+        uint8_t build_id[64]
+        char path[4096]
+    unsigned kcovx_rt_abi_version()
+    void kcovx_rt_set_target(kcovx_area_t *area, int mode)
+    int kcovx_rt_set_collecting(int on)
+    int kcovx_rt_order_push(uint64_t pc)
+    uint64_t kcovx_rt_consume(kcovx_area_t *area)
+    uint64_t kcovx_rt_pending()
+    size_t kcovx_rt_object_count()
+    const kcovx_rt_object_t *kcovx_rt_object_at(size_t i)
+    uint64_t kcovx_rt_pc_of(uintptr_t addr)
+    uint64_t kcovx_rt_dropped()
+
+if kcovx_rt_abi_version() != KCOVX_RT_ABI_VERSION:
+    raise ImportError(
+        f"kcovx: the loaded {KCOVX_RT_SONAME.decode()} has runtime ABI version "
+        f"{kcovx_rt_abi_version()}, this kcovx needs {KCOVX_RT_ABI_VERSION}: another kcovx's "
+        f"runtime was loaded first (an object linked against it, or LD_PRELOAD)"
+    )
 
 cdef char *_FORMAT_Q = b"Q"
 
@@ -79,30 +114,28 @@ cdef inline uint64_t _u64(object o) except? 0xFFFFFFFFFFFFFFFF:
 
 # --------------------------------------------------------------------------------------------
 # The pending set (gvisor profile): each PC covered since the last consume, once, in the order
-# first covered.  Open addressing with linear probing; a slot is live when its stamp equals the
-# current epoch, so clearing is one increment: O(1), not O(capacity).
+# first covered.  The order lives in the runtime's order buffers (kcovx_rt.h), shared with the
+# native hooks; Python PCs are deduplicated here, by open addressing with linear probing, under
+# the GIL.  A slot is live when its stamp equals the current epoch, so clearing is one increment:
+# O(1), not O(capacity).
 
 ctypedef struct pending_t:
     uint64_t *keys
     uint32_t *stamps
-    uint64_t *order      # the live PCs, in first-covered order
     uint64_t n           # live PCs
     uint64_t cap         # slots (a power of two), 0 before the first add
     uint64_t limit       # grow when n reaches this (load factor 1/2)
     uint32_t shift       # 64 - log2(cap)
     uint32_t epoch
-    int collecting       # non-zero while some gvisor device is tracing
 
 cdef pending_t _pend
 _pend.keys = NULL
 _pend.stamps = NULL
-_pend.order = NULL
 _pend.n = 0
 _pend.cap = 0
 _pend.limit = 0
 _pend.shift = 64
 _pend.epoch = 1
-_pend.collecting = 0
 
 cdef inline uint64_t _slot(uint64_t pc, uint32_t shift) noexcept nogil:
     # Fibonacci hashing: the top bits of pc * 2^64/phi.
@@ -122,15 +155,14 @@ cdef int _pending_grow() noexcept nogil:
         shift -= 1
     cdef uint64_t *keys = <uint64_t *> malloc(cap * sizeof(uint64_t))
     cdef uint32_t *stamps = <uint32_t *> calloc(cap, sizeof(uint32_t))
-    cdef uint64_t *order = <uint64_t *> malloc((cap // 2) * sizeof(uint64_t))
-    if keys == NULL or stamps == NULL or order == NULL:
+    if keys == NULL or stamps == NULL:
         free(keys)
         free(stamps)
-        free(order)
         return -1
-    for i in range(_pend.n):
-        pc = _pend.order[i]
-        order[i] = pc
+    for i in range(_pend.cap):
+        if _pend.stamps[i] != _pend.epoch:
+            continue
+        pc = _pend.keys[i]
         j = _slot(pc, shift)
         while stamps[j] == 1:
             j = (j + 1) & (cap - 1)
@@ -138,10 +170,8 @@ cdef int _pending_grow() noexcept nogil:
         keys[j] = pc
     free(_pend.keys)
     free(_pend.stamps)
-    free(_pend.order)
     _pend.keys = keys
     _pend.stamps = stamps
-    _pend.order = order
     _pend.cap = cap
     _pend.limit = cap // 2
     _pend.shift = shift
@@ -150,7 +180,8 @@ cdef int _pending_grow() noexcept nogil:
 
 
 cdef inline int _pending_add(uint64_t pc) noexcept nogil:
-    """Mark pc covered.  0 on success, -1 when the table could not grow (pc not recorded)."""
+    """Mark pc covered.  0 on success (or when the period's order buffer is full: gVisor would
+    drop it at the area's end), -1 when the table could not grow (pc not recorded)."""
     cdef uint64_t i
     if _pend.n >= _pend.limit:
         if _pending_grow() < 0:
@@ -160,10 +191,10 @@ cdef inline int _pending_add(uint64_t pc) noexcept nogil:
         if _pend.keys[i] == pc:
             return 0
         i = (i + 1) & (_pend.cap - 1)
-    _pend.stamps[i] = _pend.epoch
-    _pend.keys[i] = pc
-    _pend.order[_pend.n] = pc
-    _pend.n += 1
+    if kcovx_rt_order_push(pc):
+        _pend.stamps[i] = _pend.epoch
+        _pend.keys[i] = pc
+        _pend.n += 1
     return 0
 
 
@@ -328,7 +359,7 @@ cdef class Area:
 
         Returns how many PCs were written; the rest of the batch, if any, is lost.
         """
-        cdef uint64_t k = kcovx_append_batch_gvisor(&self.c, _pend.order, _pend.n)
+        cdef uint64_t k = kcovx_rt_consume(&self.c)
         _pending_clear()
         return k
 
@@ -359,7 +390,7 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
     cdef kcovx_area_t *t = kcovx_tls_pc_target
     if t != NULL:
         kcovx_append_pc(t, pc)
-    if _pend.collecting:
+    if kcovx_rt_collecting:
         return _pending_add(pc)
     return 0
 
@@ -463,7 +494,7 @@ def trace_pcs(pcs):
                     kcovx_append_pcs(t, p, n)
             else:
                 kcovx_append_pcs(t, p, n)
-        if _pend.collecting:
+        if kcovx_rt_collecting:
             for i in range(n):
                 if _pending_add(p[i]) < 0:
                     raise MemoryError("kcovx: no memory to record a PC")
@@ -488,33 +519,54 @@ def trace_cmp(object type, object arg1, object arg2, object pc):
 def _set_thread_target(Area area, int mode):
     """Set (mode MODE_TRACE_PC or MODE_TRACE_CMP) or clear (area None) the calling thread's
     recording target."""
-    global kcovx_tls_pc_target, kcovx_tls_cmp_target
-    kcovx_tls_pc_target = NULL
-    kcovx_tls_cmp_target = NULL
     if area is None:
+        kcovx_rt_set_target(NULL, 0)
         return
-    if mode == KCOVX_MODE_TRACE_PC:
-        kcovx_tls_pc_target = &area.c
-    elif mode == KCOVX_MODE_TRACE_CMP:
-        kcovx_tls_cmp_target = &area.c
-    else:
+    if mode != KCOVX_MODE_TRACE_PC and mode != KCOVX_MODE_TRACE_CMP:
+        kcovx_rt_set_target(NULL, 0)
         raise ValueError(f"bad target mode {mode}")
+    kcovx_rt_set_target(&area.c, mode)
 
 
 def _set_collecting(bint on):
     """Turn the gvisor pending set on or off.  Off also forgets what was pending."""
-    _pend.collecting = 1 if on else 0
+    if kcovx_rt_set_collecting(1 if on else 0) < 0:
+        raise MemoryError("kcovx: no memory for the gvisor covered set")
     if not on:
         _pending_clear()
 
 
 def _clear_pending():
     """gVisor ClearCoverageData: forget every PC covered so far."""
+    kcovx_rt_consume(NULL)
     _pending_clear()
 
 
 def _pending_len():
-    return _pend.n
+    return kcovx_rt_pending()
+
+
+def _native_objects():
+    """The native objects the runtime has seen: (path, build_id, base, lo, span, unit) each,
+    path and build_id as bytes, in registration order."""
+    cdef size_t i, n = kcovx_rt_object_count()
+    cdef const kcovx_rt_object_t *o
+    out = []
+    for i in range(n):
+        o = kcovx_rt_object_at(i)
+        out.append((<bytes> o.path, (<char *> o.build_id)[:o.build_id_len], o.base, o.lo,
+                    o.span, o.unit))
+    return out
+
+
+def _native_pc_of(object addr):
+    """The native PC a hook returning to code address addr records (registers its object)."""
+    return kcovx_rt_pc_of(<uintptr_t> _u64(addr))
+
+
+def _native_dropped():
+    """Native PCs the gvisor covered set could not take (no memory for marks, unknown code)."""
+    return kcovx_rt_dropped()
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,3 +636,7 @@ MODE_INIT = KCOVX_MODE_INIT
 MODE_TRACE_PC = KCOVX_MODE_TRACE_PC
 MODE_TRACE_CMP = KCOVX_MODE_TRACE_CMP
 MAX_WORDS = KCOVX_MAX_WORDS
+RT_SONAME = KCOVX_RT_SONAME.decode("ascii")
+RT_ABI_VERSION = KCOVX_RT_ABI_VERSION
+NATIVE_BIT = KCOVX_NATIVE_BIT
+NATIVE_UNKNOWN_UNIT = KCOVX_NATIVE_UNKNOWN_UNIT

@@ -3,8 +3,9 @@ file and the symbolizer.
 
 Encoding (documented in README.md, "PCs"): a block's PC is ``unit << 32 | block`` where
 
-- ``unit``  = the first 4 bytes (little-endian) of BLAKE2b(b"kcovx-unit\\0" + module name),
-  or 1 if those are 0: every PC of one module shares its upper half, and no PC is 0;
+- ``unit``  = the first 4 bytes (little-endian) of BLAKE2b(b"kcovx-unit\\0" + module name)
+  with bit 31 cleared, or 1 if that is 0: every PC of one module shares its upper half, no PC
+  is 0, and no Python PC has bit 63 set (native PCs, ``kcovx.sancov``, all do);
 - ``block`` = the first 4 bytes of BLAKE2b(b"kcovx-block\\0" + key + b"\\0" + salt), where key
   is the block's qualified function name, the occurrence of that name in the module (0 for the
   first code object with it, 1 for the next, in source order), and the block's ordinal in
@@ -85,7 +86,7 @@ def _h32(data: bytes) -> int:
 
 def unit_hash(module: str) -> int:
     """The upper 32 bits of every PC of ``module``."""
-    return _h32(b"kcovx-unit\0" + module.encode("utf-8", "surrogatepass")) or 1
+    return (_h32(b"kcovx-unit\0" + module.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) or 1
 
 
 def block_pc(unit: int, function: str, occurrence: int, ordinal: int, salt: int = 0) -> int:

@@ -43,7 +43,8 @@ SOURCE = textwrap.dedent(
 
 
 def test_encoding_is_the_documented_one() -> None:
-    unit = int.from_bytes(hashlib.blake2b(b"kcovx-unit\0pkg.mod", digest_size=4).digest(), "little")
+    h = int.from_bytes(hashlib.blake2b(b"kcovx-unit\0pkg.mod", digest_size=4).digest(), "little")
+    unit = h & 0x7FFFFFFF
     assert pcs.unit_hash("pkg.mod") == unit
     key = b"kcovx-block\0C.m\x000\x003\x000"
     low = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
@@ -54,6 +55,14 @@ def test_encoding_is_the_documented_one() -> None:
 def test_unit_hash_is_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pcs, "_h32", lambda data: 0)
     assert pcs.unit_hash("anything") == 1
+    monkeypatch.setattr(pcs, "_h32", lambda data: 0x80000000)  # bit 31 alone: cleared, then 1
+    assert pcs.unit_hash("anything") == 1
+
+
+def test_python_units_never_have_the_native_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pcs, "_h32", lambda data: 0xFFFFFFFF)
+    assert pcs.unit_hash("anything") == 0x7FFFFFFF
+    assert pcs.block_pc(pcs.unit_hash("anything"), "f", 0, 0) >> 63 == 0
 
 
 def _blocks_of(module: str, source: str = SOURCE, name: str = "m.py") -> list[pcs.Block]:

@@ -44,7 +44,7 @@ from kcovx.errors import CacheEntryError
 from kcovx.instrument.rewrite import REWRITE_VERSION
 from kcovx.instrument.unit import PROBE, BlockRec, Unit
 
-MAGIC = b"kcovxC\x02\n"  # the last byte but one is the entry format's version
+MAGIC = b"kcovxC\x03\n"  # the last byte but one is the entry format's version
 _KEY_SIZE = 20
 _DIGEST_SIZE = 32
 _HEADER = len(MAGIC) + _KEY_SIZE + _DIGEST_SIZE

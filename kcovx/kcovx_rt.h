@@ -1,0 +1,123 @@
+/*
+ * kcovx_rt.h: the interface between the compiled core (kcovx/_area.pyx) and the native
+ * runtime library (kcovx/sancov/libkcovx_rt.so, built from kcovx/sancov/kcovx_rt.c), private
+ * to those two (setup.py defines KCOVX_BUILDING_CORE for the core; kcovx_rt.c defines
+ * KCOVX_BUILDING_RT).  Extensions record through the sanitizer-coverage hooks the runtime
+ * exports, or through the C API (kcovx.h).
+ *
+ * The runtime owns every piece of state a recording needs, because native hooks and Python
+ * probes must see the same state:
+ *
+ * - The per-thread recording targets of the linux profile: kcovx_tls_pc_target is the area of
+ *   the device this thread enabled in KCOVX_MODE_TRACE_PC, kcovx_tls_cmp_target the one it
+ *   enabled in KCOVX_MODE_TRACE_CMP; NULL when none; at most one is set.  Each is read and
+ *   written only by its own thread (the core sets it through kcovx_rt_set_target on behalf of
+ *   the Python layer), so it needs no lock; the Python layer holds a reference to the Area
+ *   while it is a target, so the pointer never outlives the mapping.  initial-exec TLS: one
+ *   %fs-relative load per event (plus a GOT load in the core, which is another object).
+ *
+ * - The gvisor profile's covered set: each PC covered since the last consume, once, in the
+ *   order first covered, shared by all threads.  Python PCs are deduplicated by the core's
+ *   hash set (under the GIL); native PCs by one mark bit per code byte of their object, set
+ *   with an atomic or, so native threads add without the GIL and without locks.  Both then
+ *   reserve a slot in the current one of two order buffers (kcovx_rt_order_push); the consumer
+ *   (kcovx_rt_consume, with the GIL) switches buffers, waits for the pushes still in flight on
+ *   the old one (a few instructions each), and drains it.  The order buffers hold
+ *   KCOVX_RT_ORDER_CAP PCs (gVisor's largest area): a PC beyond that in one period is dropped
+ *   (its mark is undone, so a later hit tries again), as gVisor would drop it at the area's end.
+ *
+ * - The native objects seen: each instrumented object (shared library or executable) whose
+ *   hooks ran while something recorded, registered on its first such hook call.  A native
+ *   PC is  unit << 32 | offset,  unit = 0x80000000 | a 31-bit hash of the object's GNU
+ *   build-id (else its file's base name), never 0xFFFFFFFF, and offset = the return address of
+ *   the hook call minus the object's load bias (the call site's link-time address + the call's
+ *   length), as kcov strips KASLR's offset.  Python units have the top bit clear, so the two
+ *   never collide.  Records are immutable once published; the registry only grows.
+ */
+#ifndef KCOVX_RT_H
+#define KCOVX_RT_H
+
+#if !defined(KCOVX_BUILDING_CORE) && !defined(KCOVX_BUILDING_RT)
+#error "kcovx_rt.h is private to kcovx's core and runtime: use the C API (kcovx.h)"
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kcovx.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever anything below changes: the core refuses a runtime of another version. */
+#define KCOVX_RT_ABI_VERSION 1u
+#define KCOVX_RT_SONAME "libkcovx_rt.so"
+
+/* gVisor's largest area (kcovAreaSizeMax, in words): one period's first hits fit. */
+#define KCOVX_RT_ORDER_CAP ((uint64_t)10 * 1024 * 1024)
+
+/* The upper 32 bits of native PCs: bit 31 of the unit set.  The unit of PCs whose object
+   could not be identified (a hook called from code outside any loaded object, or while this
+   thread was registering an object). */
+#define KCOVX_NATIVE_BIT ((uint64_t)1 << 63)
+#define KCOVX_NATIVE_UNKNOWN_UNIT 0xFFFFFFFFu
+
+#define KCOVX_RT_TLS extern __thread __attribute__((tls_model("initial-exec")))
+
+KCOVX_RT_TLS kcovx_area_t *kcovx_tls_pc_target;
+KCOVX_RT_TLS kcovx_area_t *kcovx_tls_cmp_target;
+
+/* Non-zero while some gvisor-profile device is tracing: hooks and probes then add to the
+   covered set.  Written with the GIL by kcovx_rt_set_collecting; read relaxed everywhere. */
+extern int kcovx_rt_collecting;
+
+/* A native object as the registry knows it. */
+typedef struct kcovx_rt_object {
+    uintptr_t lo;       /* start of its executable segments in this process */
+    uintptr_t span;     /* bytes from lo to the end of the last executable segment */
+    uintptr_t base;     /* load bias (dl_iterate_phdr's dlpi_addr) */
+    uint64_t unit;      /* upper 32 bits of its PCs */
+    uint64_t *marks;    /* gvisor: one bit per byte of [lo, lo + span); NULL if no memory */
+    uint32_t build_id_len;
+    uint8_t build_id[64];
+    char path[4096];    /* as the loader names it; /proc/self/exe resolved for the program */
+} kcovx_rt_object_t;
+
+unsigned kcovx_rt_abi_version(void);
+
+/* Set (area non-NULL, mode KCOVX_MODE_TRACE_PC or _CMP) or clear the calling thread's target. */
+void kcovx_rt_set_target(kcovx_area_t *area, int mode);
+
+/* gvisor: turn collecting on (allocating the order buffers on first use: -1, nothing changed,
+   on no memory) or off (and forget what was pending).  With the GIL. */
+int kcovx_rt_set_collecting(int on);
+
+/* Reserve the next slot of the current order buffer for pc and store it there.  1 if stored,
+   0 if the buffer is full (or collecting was never turned on).  Any thread, no GIL. */
+int kcovx_rt_order_push(uint64_t pc);
+
+/* gvisor task work: drain the pending PCs (in first-hit order) into area with gVisor's
+   batch rule, or nowhere when area is NULL; forget them all.  Returns how many were written.
+   With the GIL (one consumer at a time). */
+uint64_t kcovx_rt_consume(kcovx_area_t *area);
+
+/* PCs pending since the last consume (an upper bound while native threads add). */
+uint64_t kcovx_rt_pending(void);
+
+/* The registry: how many objects, and the i-th (NULL past the end).  Any thread. */
+size_t kcovx_rt_object_count(void);
+const kcovx_rt_object_t *kcovx_rt_object_at(size_t i);
+
+/* The native PC of a code address (registering its object if needed), as a hook at that
+   return address would record it. */
+uint64_t kcovx_rt_pc_of(uintptr_t addr);
+
+/* PCs a native hook could not record in the gvisor set (no mark memory, unknown object). */
+uint64_t kcovx_rt_dropped(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KCOVX_RT_H */

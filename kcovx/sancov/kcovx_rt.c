@@ -1,0 +1,538 @@
+/*
+ * kcovx_rt.c: kcovx's native runtime, built into kcovx/sancov/libkcovx_rt.so (soname
+ * libkcovx_rt.so, no Python dependency).  It defines the sanitizer-coverage hooks that
+ * `-fsanitize-coverage=trace-pc,trace-cmp` (gcc, clang) and clang's `trace-pc-guard` make
+ * instrumented code call, and it owns the recording state shared with Python probes (see
+ * kcovx/kcovx_rt.h for that state and its contracts).  kcovx's core links against it, so
+ * `import kcovx` loads it; instrumented objects link against it too (kcovx.sancov.link_args:
+ * -lkcovx_rt with an rpath), so they load and run whatever the import order, recording nothing
+ * until a device is enabled.  One process has one runtime: the loader matches the soname.
+ *
+ * What a hook records is what a Python probe of the same thread records:
+ *   linux profile: the PC (trace-pc, trace-pc-guard) appended to the calling thread's
+ *     TRACE_PC area, or the comparison record(s) (trace-cmp, const-cmp, switch) appended to
+ *     its TRACE_CMP area, with kcovx.h's appends (so Python and native events of one thread
+ *     interleave in one ordered trace, and a record goes in only if it fits);
+ *   gvisor profile: the PC added to the global covered set (kcovx_rt.h).
+ * Float comparisons (gcc's trace_cmpf/cmpd) record nothing: kcov's ABI has no float records.
+ *
+ * Threading and signals.  Hooks take no locks, never call Python, never allocate, and run in
+ * any thread: a thread with nothing enabled (every thread kcovx did not enable, including
+ * pthreads started from C) pays a thread-local load, a global load and two branches.  The
+ * first hook call from an object not seen before registers it (dl_iterate_phdr, a mutex, an
+ * mmap for the gvisor marks): that slow path runs once per object.  A hook interrupting this
+ * thread's own registration (a signal handler) records its PC under the unknown unit rather
+ * than wait for itself.  fork: the registry lock is held across fork and the order buffers'
+ * in-flight counts are reset in the child (the threads that held them are gone there).
+ *
+ * Memory order.  Registry: records are written under reg_lock, then published by a release
+ * store of the count; readers load the count with acquire and read records without a lock.
+ * Order buffers: see kcovx_rt_order_push and kcovx_rt_consume (sequentially consistent
+ * in-flight handshake).  Areas: kcovx.h.
+ *
+ * Nothing here may be instrumented: setup.py builds it without any -fsanitize flag a user's
+ * CFLAGS carry, and every function is NOCOV as well, so a hook never calls a hook.
+ */
+#define _GNU_SOURCE
+#define KCOVX_BUILDING_RT 1
+
+#include <elf.h>
+#include <link.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "kcovx_rt.h"
+
+#if defined(__clang__)
+#define NOCOV __attribute__((no_sanitize("coverage")))
+#elif defined(__GNUC__) && __GNUC__ >= 12
+#define NOCOV __attribute__((no_sanitize_coverage))
+#else
+#define NOCOV
+#endif
+#define HOOK __attribute__((visibility("default"))) NOCOV
+#define EXPORT __attribute__((visibility("default")))
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define RET_IP() ((uintptr_t)__builtin_return_address(0))
+
+#define LOCAL_TLS static __thread __attribute__((tls_model("initial-exec")))
+
+EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_pc_target;
+EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_cmp_target;
+EXPORT int kcovx_rt_collecting;
+
+/* ------------------------------------------------------------------------------------------
+ * The registry of native objects. */
+
+#define MAX_OBJECTS 512
+
+static kcovx_rt_object_t objects[MAX_OBJECTS];
+static size_t n_objects; /* published with release */
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t dropped;
+
+LOCAL_TLS const kcovx_rt_object_t *tls_last; /* the object of this thread's last hook */
+LOCAL_TLS int tls_registering;
+
+/* FNV-1a, 64 bits, over a domain tag and the identity; folded to the 31 bits of a unit. */
+NOCOV static uint64_t native_unit(const char *tag, const uint8_t *data, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t i;
+    for (i = 0; tag[i]; i++)
+        h = (h ^ (uint8_t)tag[i]) * 0x100000001b3ull;
+    h = (h ^ 0) * 0x100000001b3ull;
+    for (i = 0; i < len; i++)
+        h = (h ^ data[i]) * 0x100000001b3ull;
+    h = (h ^ (h >> 32)) & 0x7FFFFFFFu;
+    if (h == 0x7FFFFFFFu) /* 0xFFFFFFFF is the unknown unit */
+        h = 0x7FFFFFFEu;
+    return h | 0x80000000u;
+}
+
+NOCOV static const kcovx_rt_object_t *find_registered(uintptr_t addr)
+{
+    size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
+    for (i = 0; i < n; i++)
+        if (addr - objects[i].lo < objects[i].span)
+            return &objects[i];
+    return NULL;
+}
+
+struct search {
+    uintptr_t addr;
+    kcovx_rt_object_t *out;
+    int found;
+};
+
+/* The GNU build-id note among a loaded object's PT_NOTE segments, if any. */
+NOCOV static void read_build_id(const struct dl_phdr_info *info, kcovx_rt_object_t *o)
+{
+    int i;
+    for (i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        const uint8_t *p, *end;
+        if (ph->p_type != PT_NOTE)
+            continue;
+        p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+        end = p + ph->p_memsz;
+        while ((size_t)(end - p) >= sizeof(ElfW(Nhdr))) {
+            const ElfW(Nhdr) *nh = (const ElfW(Nhdr) *)p;
+            size_t name = (nh->n_namesz + 3u) & ~(size_t)3;
+            size_t desc = (nh->n_descsz + 3u) & ~(size_t)3;
+            const uint8_t *d = p + sizeof(*nh) + name;
+            if (name > (size_t)(end - p) || desc > (size_t)(end - p) ||
+                sizeof(*nh) + name + desc > (size_t)(end - p))
+                break;
+            if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 &&
+                memcmp(p + sizeof(*nh), "GNU", 4) == 0 && nh->n_descsz > 0 &&
+                nh->n_descsz <= sizeof(o->build_id)) {
+                memcpy(o->build_id, d, nh->n_descsz);
+                o->build_id_len = nh->n_descsz;
+                return;
+            }
+            p = d + desc;
+        }
+    }
+}
+
+NOCOV static int search_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct search *s = data;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    int i, hit = 0;
+    (void)size;
+    for (i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start, end;
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        start = info->dlpi_addr + ph->p_vaddr;
+        end = start + ph->p_memsz;
+        if (start < lo)
+            lo = start;
+        if (end > hi)
+            hi = end;
+        if (s->addr >= start && s->addr < end)
+            hit = 1;
+    }
+    if (!hit)
+        return 0;
+    kcovx_rt_object_t *o = s->out;
+    memset(o, 0, sizeof(*o));
+    o->lo = lo;
+    o->span = hi - lo;
+    o->base = info->dlpi_addr;
+    if (info->dlpi_name && info->dlpi_name[0]) {
+        strncpy(o->path, info->dlpi_name, sizeof(o->path) - 1);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", o->path, sizeof(o->path) - 1);
+        o->path[n > 0 ? n : 0] = 0;
+    }
+    read_build_id(info, o);
+    if (o->build_id_len) {
+        o->unit = native_unit("kcovx-native-build-id", o->build_id, o->build_id_len);
+    } else {
+        const char *slash = strrchr(o->path, '/');
+        const char *base = slash ? slash + 1 : o->path;
+        o->unit = native_unit("kcovx-native-name", (const uint8_t *)base, strlen(base));
+    }
+    s->found = 1;
+    return 1;
+}
+
+NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
+{
+    const kcovx_rt_object_t *o;
+    if (tls_registering)
+        return NULL; /* a signal handler's hook inside this thread's own registration */
+    tls_registering = 1;
+    pthread_mutex_lock(&reg_lock);
+    o = find_registered(addr);
+    if (o == NULL && n_objects < MAX_OBJECTS) {
+        kcovx_rt_object_t *slot = &objects[n_objects];
+        struct search s = {addr, slot, 0};
+        dl_iterate_phdr(search_cb, &s);
+        if (s.found) {
+            size_t bytes = ((slot->span + 63) / 64) * sizeof(uint64_t);
+            void *m = mmap(NULL, bytes ? bytes : 8, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            slot->marks = m == MAP_FAILED ? NULL : (uint64_t *)m;
+            __atomic_store_n(&n_objects, n_objects + 1, __ATOMIC_RELEASE);
+            o = slot;
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    tls_registering = 0;
+    return o;
+}
+
+NOCOV static inline const kcovx_rt_object_t *object_of(uintptr_t ra)
+{
+    const kcovx_rt_object_t *o = tls_last;
+    if (LIKELY(o != NULL && ra - o->lo < o->span))
+        return o;
+    o = find_registered(ra);
+    if (o == NULL)
+        o = register_object(ra);
+    if (o != NULL)
+        tls_last = o; /* one pointer store: a signal never sees half an update */
+    return o;
+}
+
+NOCOV static inline uint64_t pc_in(const kcovx_rt_object_t *o, uintptr_t ra)
+{
+    if (UNLIKELY(o == NULL))
+        return ((uint64_t)KCOVX_NATIVE_UNKNOWN_UNIT << 32) | (uint32_t)ra;
+    return (o->unit << 32) | (uint32_t)(ra - o->base);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The gvisor covered set's order buffers. */
+
+struct order {
+    uint64_t *buf;
+    uint64_t n;        /* slots reserved (may run past the capacity) */
+    uint64_t inflight; /* pushes between their reservation and their store */
+    int torn;          /* a fork child's copy, taken while some push was in flight */
+};
+
+static struct order orders[2];
+static unsigned current;   /* which buffer pushes go to */
+static int orders_ready;   /* buffers mapped (never unmapped) */
+
+EXPORT NOCOV int kcovx_rt_order_push(uint64_t pc)
+{
+    struct order *o;
+    unsigned g;
+    uint64_t i;
+    if (UNLIKELY(!__atomic_load_n(&orders_ready, __ATOMIC_ACQUIRE)))
+        return 0;
+    /* Dekker with the consumer: announce, then check the buffer is still current.  The
+       consumer switches first, then waits for the old buffer's announced pushes. */
+    for (;;) {
+        g = __atomic_load_n(&current, __ATOMIC_SEQ_CST);
+        __atomic_fetch_add(&orders[g].inflight, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&current, __ATOMIC_SEQ_CST) == g)
+            break;
+        __atomic_fetch_sub(&orders[g].inflight, 1, __ATOMIC_SEQ_CST);
+    }
+    o = &orders[g];
+    i = __atomic_fetch_add(&o->n, 1, __ATOMIC_RELAXED);
+    if (LIKELY(i < KCOVX_RT_ORDER_CAP))
+        o->buf[i] = pc;
+    __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELEASE);
+    return i < KCOVX_RT_ORDER_CAP;
+}
+
+/* Undo a native PC's mark (its objects: more than one if two loaded objects share a unit). */
+NOCOV static void unmark(uint64_t pc)
+{
+    size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
+    uint64_t unit = pc >> 32;
+    for (i = 0; i < n; i++) {
+        const kcovx_rt_object_t *o = &objects[i];
+        uintptr_t off;
+        if (o->unit != unit || o->marks == NULL)
+            continue;
+        off = o->base + (uint32_t)pc - o->lo;
+        if (off < o->span)
+            __atomic_fetch_and(&o->marks[off >> 6], ~((uint64_t)1 << (off & 63)),
+                               __ATOMIC_RELAXED);
+    }
+}
+
+NOCOV static void clear_all_marks(void)
+{
+    size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
+    for (i = 0; i < n; i++)
+        if (objects[i].marks != NULL)
+            memset(objects[i].marks, 0, ((objects[i].span + 63) / 64) * sizeof(uint64_t));
+}
+
+EXPORT NOCOV uint64_t kcovx_rt_consume(kcovx_area_t *area)
+{
+    unsigned g;
+    struct order *o;
+    uint64_t n, i, k = 0;
+    if (!orders_ready)
+        return area != NULL && area->size ? kcovx_append_batch_gvisor(area, NULL, 0) : 0;
+    g = __atomic_load_n(&current, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&current, g ^ 1u, __ATOMIC_SEQ_CST);
+    o = &orders[g];
+    while (__atomic_load_n(&o->inflight, __ATOMIC_SEQ_CST) != 0)
+        sched_yield();
+    n = __atomic_load_n(&o->n, __ATOMIC_ACQUIRE);
+    if (n > KCOVX_RT_ORDER_CAP)
+        n = KCOVX_RT_ORDER_CAP;
+    if (UNLIKELY(o->torn)) {
+        /* Some slot was reserved by a thread that did not survive the fork and holds a stale
+           word: the period is dropped, and every native mark with it (the slot's PC is
+           unknown), so the next hit of each PC records it again. */
+        clear_all_marks();
+        o->torn = 0;
+        n = 0;
+    }
+    if (area != NULL)
+        k = kcovx_append_batch_gvisor(area, o->buf, n);
+    for (i = 0; i < n; i++)
+        if (o->buf[i] & KCOVX_NATIVE_BIT)
+            unmark(o->buf[i]);
+    __atomic_store_n(&o->n, 0, __ATOMIC_RELEASE);
+    return k;
+}
+
+EXPORT NOCOV uint64_t kcovx_rt_pending(void)
+{
+    uint64_t n;
+    if (!orders_ready)
+        return 0;
+    n = __atomic_load_n(&orders[__atomic_load_n(&current, __ATOMIC_SEQ_CST)].n,
+                        __ATOMIC_RELAXED);
+    return n > KCOVX_RT_ORDER_CAP ? KCOVX_RT_ORDER_CAP : n;
+}
+
+EXPORT NOCOV int kcovx_rt_set_collecting(int on)
+{
+    if (on && !orders_ready) {
+        size_t bytes = KCOVX_RT_ORDER_CAP * sizeof(uint64_t);
+        void *a = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void *b = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a == MAP_FAILED || b == MAP_FAILED) {
+            if (a != MAP_FAILED)
+                munmap(a, bytes);
+            if (b != MAP_FAILED)
+                munmap(b, bytes);
+            return -1;
+        }
+        orders[0].buf = a;
+        orders[1].buf = b;
+        __atomic_store_n(&orders_ready, 1, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&kcovx_rt_collecting, on ? 1 : 0, __ATOMIC_RELAXED);
+    if (!on) {
+        /* forget both periods: pushes racing with this land in the buffer drained second */
+        kcovx_rt_consume(NULL);
+        kcovx_rt_consume(NULL);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Recording. */
+
+/* gvisor: mark a native PC covered; push it on its first hit since the last consume. */
+NOCOV static void gvisor_add(uintptr_t ra)
+{
+    const kcovx_rt_object_t *o = object_of(ra);
+    uintptr_t off;
+    uint64_t *w, m;
+    if (UNLIKELY(o == NULL || o->marks == NULL)) {
+        __atomic_fetch_add(&dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    off = ra - o->lo;
+    w = &o->marks[off >> 6];
+    m = (uint64_t)1 << (off & 63);
+    if (LIKELY(__atomic_load_n(w, __ATOMIC_RELAXED) & m))
+        return;
+    if (__atomic_fetch_or(w, m, __ATOMIC_RELAXED) & m)
+        return;
+    if (!kcovx_rt_order_push(pc_in(o, ra)))
+        __atomic_fetch_and(w, ~m, __ATOMIC_RELAXED);
+}
+
+NOCOV static inline void record_pc(uintptr_t ra)
+{
+    kcovx_area_t *t = kcovx_tls_pc_target;
+    if (LIKELY(t == NULL) && LIKELY(!__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED)))
+        return;
+    if (t != NULL)
+        kcovx_append_pc(t, pc_in(object_of(ra), ra));
+    if (__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED))
+        gvisor_add(ra);
+}
+
+NOCOV static inline void record_cmp(uint64_t type, uint64_t a1, uint64_t a2, uintptr_t ra)
+{
+    kcovx_area_t *t = kcovx_tls_cmp_target;
+    if (LIKELY(t == NULL))
+        return;
+    kcovx_append_cmp(t, type, a1, a2, pc_in(object_of(ra), ra));
+}
+
+HOOK void __sanitizer_cov_trace_pc(void) { record_pc(RET_IP()); }
+
+HOOK void __sanitizer_cov_trace_cmp1(uint8_t a, uint8_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(0), a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_cmp2(uint16_t a, uint16_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(1), a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_cmp4(uint32_t a, uint32_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(2), a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_cmp8(uint64_t a, uint64_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(3), a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_const_cmp1(uint8_t a, uint8_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(0) | KCOVX_CMP_CONST, a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_const_cmp2(uint16_t a, uint16_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(1) | KCOVX_CMP_CONST, a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_const_cmp4(uint32_t a, uint32_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(2) | KCOVX_CMP_CONST, a, b, RET_IP());
+}
+HOOK void __sanitizer_cov_trace_const_cmp8(uint64_t a, uint64_t b)
+{
+    record_cmp(KCOVX_CMP_SIZE(3) | KCOVX_CMP_CONST, a, b, RET_IP());
+}
+
+/* cases[0]: number of cases, cases[1]: the operand's width in bits, cases[2..]: the case
+   values.  One const record per case, {case value, operand}, as Linux writes them; widths
+   other than 8/16/32/64 record nothing. */
+HOOK void __sanitizer_cov_trace_switch(uint64_t val, uint64_t *cases)
+{
+    kcovx_area_t *t = kcovx_tls_cmp_target;
+    uint64_t type, i, pc;
+    uintptr_t ra = RET_IP();
+    if (LIKELY(t == NULL))
+        return;
+    switch (cases[1]) {
+    case 8: type = KCOVX_CMP_SIZE(0); break;
+    case 16: type = KCOVX_CMP_SIZE(1); break;
+    case 32: type = KCOVX_CMP_SIZE(2); break;
+    case 64: type = KCOVX_CMP_SIZE(3); break;
+    default: return;
+    }
+    type |= KCOVX_CMP_CONST;
+    pc = pc_in(object_of(ra), ra);
+    for (i = 0; i < cases[0]; i++)
+        kcovx_append_cmp(t, type, cases[i + 2], val, pc);
+}
+
+HOOK void __sanitizer_cov_trace_cmpf(float a, float b) { (void)a, (void)b; }
+HOOK void __sanitizer_cov_trace_cmpd(double a, double b) { (void)a, (void)b; }
+
+/* clang's trace-pc-guard: each guard gets a non-zero number at load; a guard's hook records
+   like trace_pc.  A guard the program zeroed records nothing (the sanitizer convention). */
+static uint32_t next_guard;
+
+HOOK void __sanitizer_cov_trace_pc_guard_init(uint32_t *start, uint32_t *stop)
+{
+    uint32_t *g;
+    if (start == stop || *start)
+        return;
+    pthread_mutex_lock(&reg_lock);
+    for (g = start; g < stop; g++)
+        *g = ++next_guard ? next_guard : ++next_guard;
+    pthread_mutex_unlock(&reg_lock);
+}
+
+HOOK void __sanitizer_cov_trace_pc_guard(uint32_t *guard)
+{
+    if (*guard)
+        record_pc(RET_IP());
+}
+
+/* ------------------------------------------------------------------------------------------
+ * For the core. */
+
+EXPORT NOCOV unsigned kcovx_rt_abi_version(void) { return KCOVX_RT_ABI_VERSION; }
+
+EXPORT NOCOV void kcovx_rt_set_target(kcovx_area_t *area, int mode)
+{
+    kcovx_tls_pc_target = NULL;
+    kcovx_tls_cmp_target = NULL;
+    if (area != NULL && mode == KCOVX_MODE_TRACE_PC)
+        kcovx_tls_pc_target = area;
+    else if (area != NULL && mode == KCOVX_MODE_TRACE_CMP)
+        kcovx_tls_cmp_target = area;
+}
+
+EXPORT NOCOV size_t kcovx_rt_object_count(void)
+{
+    return __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE);
+}
+
+EXPORT NOCOV const kcovx_rt_object_t *kcovx_rt_object_at(size_t i)
+{
+    return i < kcovx_rt_object_count() ? &objects[i] : NULL;
+}
+
+EXPORT NOCOV uint64_t kcovx_rt_pc_of(uintptr_t addr) { return pc_in(object_of(addr), addr); }
+
+EXPORT NOCOV uint64_t kcovx_rt_dropped(void) { return __atomic_load_n(&dropped, __ATOMIC_RELAXED); }
+
+NOCOV static void before_fork(void) { pthread_mutex_lock(&reg_lock); }
+NOCOV static void after_fork_parent(void) { pthread_mutex_unlock(&reg_lock); }
+NOCOV static void after_fork_child(void)
+{
+    int i;
+    for (i = 0; i < 2; i++) {
+        if (orders[i].inflight != 0)
+            orders[i].torn = 1; /* its pusher is gone: see kcovx_rt_consume */
+        orders[i].inflight = 0;
+    }
+    tls_registering = 0;
+    pthread_mutex_unlock(&reg_lock);
+}
+
+__attribute__((constructor)) NOCOV static void kcovx_rt_init(void)
+{
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}

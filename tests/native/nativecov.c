@@ -1,0 +1,150 @@
+/*
+ * tests/native/nativecov.c: a small C extension built at test time with
+ * kcovx.sancov.compile_args()/link_args() (tests/native/build.py).  Each function has a known
+ * shape, and lines the tests look up by their marker comments (LINE:name), so a trace can be
+ * checked PC by PC and each PC symbolized to the right line.
+ *
+ * Threading: every function but the *_nogil ones runs with the GIL; those release it around
+ * the instrumented work, and in_pthread runs it in a pthread that has no Python thread state.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+
+/* Leaf functions: noinline so that each is its own call site sequence in every build. */
+__attribute__((noinline)) static int branch(long x)
+{
+    if (x > 10) /* LINE:branch_test */
+        return 1; /* LINE:branch_big */
+    return 0;     /* LINE:branch_small */
+}
+
+__attribute__((noinline)) static long loop(long n)
+{
+    long s = 0;
+    for (long i = 0; i < n; i++) /* LINE:loop_head */
+        s += i;                  /* LINE:loop_body */
+    return s;
+}
+
+__attribute__((noinline)) static int classify(int v)
+{
+    switch (v) { /* LINE:switch */
+    case 3: return 30;
+    case 17: return 170;
+    case 1000: return 10000;
+    default: return -1;
+    }
+}
+
+/* Comparisons of each width against constants (const_cmp) and against variables (cmp). */
+__attribute__((noinline)) static int cmp_all(uint8_t a8, uint16_t a16, uint32_t a32, uint64_t a64,
+                                             uint8_t b8, uint16_t b16, uint32_t b32, uint64_t b64)
+{
+    int r = 0;
+    if (a8 == 0x4B) r |= 1;                   /* LINE:c1 */
+    if (a16 == 0x4B43) r |= 2;                /* LINE:c2 */
+    if (a32 == 0x4B434F56u) r |= 4;           /* LINE:c4 */
+    if (a64 == 0x4B434F5658585858ull) r |= 8; /* LINE:c8 */
+    if (a8 == b8) r |= 16;                    /* LINE:v1 */
+    if (a16 == b16) r |= 32;                  /* LINE:v2 */
+    if (a32 == b32) r |= 64;                  /* LINE:v4 */
+    if (a64 == b64) r |= 128;                 /* LINE:v8 */
+    return r;
+}
+
+static PyObject *py_branch(PyObject *self, PyObject *arg)
+{
+    long x = PyLong_AsLong(arg);
+    if (x == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(branch(x));
+}
+
+static PyObject *py_loop(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(loop(n));
+}
+
+static PyObject *py_classify(PyObject *self, PyObject *arg)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(classify((int)v));
+}
+
+static PyObject *py_cmp_all(PyObject *self, PyObject *args)
+{
+    unsigned long long a, b;
+    if (!PyArg_ParseTuple(args, "KK", &a, &b))
+        return NULL;
+    return PyLong_FromLong(cmp_all((uint8_t)a, (uint16_t)a, (uint32_t)a, (uint64_t)a,
+                                   (uint8_t)b, (uint16_t)b, (uint32_t)b, (uint64_t)b));
+}
+
+/* branch(x) for x in 0..n-1, without the GIL. */
+static PyObject *py_branches_nogil(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg), s = 0;
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < n; i++)
+        s += branch(i);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(s);
+}
+
+static void *pthread_body(void *arg)
+{
+    long *n = arg;
+    *n = loop(*n) + branch(*n);
+    return NULL;
+}
+
+/* loop(n) and branch(n) in a new pthread (no Python thread state), joined. */
+static PyObject *py_in_pthread(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    pthread_t t;
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (pthread_create(&t, NULL, pthread_body, &n) == 0)
+        pthread_join(t, NULL);
+    else
+        n = -1;
+    Py_END_ALLOW_THREADS
+    if (n == -1)
+        return PyErr_Format(PyExc_OSError, "pthread_create failed");
+    return PyLong_FromLong(n);
+}
+
+/* The code addresses of the leaf functions, for tests that compare PCs with symbols. */
+static PyObject *py_addresses(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:K,s:K,s:K,s:K}", "branch", (unsigned long long)(uintptr_t)branch,
+                         "loop", (unsigned long long)(uintptr_t)loop, "classify",
+                         (unsigned long long)(uintptr_t)classify, "cmp_all",
+                         (unsigned long long)(uintptr_t)cmp_all);
+}
+
+static PyMethodDef methods[] = {
+    {"branch", py_branch, METH_O, "1 if x > 10 else 0"},
+    {"loop", py_loop, METH_O, "sum(range(n))"},
+    {"classify", py_classify, METH_O, "a switch over 3, 17, 1000"},
+    {"cmp_all", py_cmp_all, METH_VARARGS, "comparisons of each width: constants, then a vs b"},
+    {"branches_nogil", py_branches_nogil, METH_O, "branch(i) for i < n without the GIL"},
+    {"in_pthread", py_in_pthread, METH_O, "loop(n) + branch(n) in a pthread from C"},
+    {"addresses", py_addresses, METH_NOARGS, "code addresses of the leaf functions"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "nativecov", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_nativecov(void) { return PyModule_Create(&moduledef); }
