@@ -59,7 +59,7 @@ cdef extern from "kcovx.h" nogil:
                                uint64_t n) noexcept nogil
         int (*append_cmp)(kcovx_area_t *area, uint64_t type, uint64_t arg1, uint64_t arg2,
                           uint64_t pc) noexcept nogil
-        # these two need the GIL: it guards the gvisor pending set
+        # these two need the GIL: it guards the Python side of the gvisor pending set
         int (*trace_pc)(uint64_t pc) noexcept
         int (*trace_cmp)(uint64_t type, uint64_t arg1, uint64_t arg2,
                          uint64_t pc) noexcept

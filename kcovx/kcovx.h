@@ -60,7 +60,7 @@ extern "C" {
 #define KCOVX_WORDS_PER_CMP 4u                                /* {type, arg1, arg2, pc} */
 
 /* A device's mode (the kernels' KCOV_MODE_*, kcovx.Mode).  The per-thread recording targets
-   (kcovx_tls.h) exist for the two tracing modes. */
+   (kcovx_rt.h) exist for the two tracing modes. */
 #define KCOVX_MODE_DISABLED 0
 #define KCOVX_MODE_INIT 1
 #define KCOVX_MODE_TRACE_PC 2
@@ -218,9 +218,10 @@ static inline uint64_t kcovx_append_batch_gvisor(kcovx_area_t *a, const uint64_t
  *   append_pc/append_pcs/append_cmp: the functions above, on an area you own.  No GIL needed.
  *   trace_pc/trace_cmp: what kcovx.trace_pc/trace_cmp do (the calling thread's device in the
  *       linux profile, the global pending set in the gvisor profile), with the same checks.
- *       Call with the GIL held (it guards the pending set).  Return 0, or -1 with an exception
- *       set: MemoryError (trace_pc), ValueError for a type above KCOVX_CMP_TYPE_MAX or an
- *       operand wider than the comparison's size (trace_cmp), with kcovx.trace_cmp's message.
+ *       Call with the GIL held (it guards the set's Python side).  Return 0, or -1 with an
+ *       exception set: MemoryError (trace_pc), ValueError for a type above KCOVX_CMP_TYPE_MAX
+ *       or an operand wider than the comparison's size (trace_cmp), with kcovx.trace_cmp's
+ *       message.
  *   area_of: the area behind a kcovx._area.Area object; NULL with TypeError set otherwise.
  *       Needs the GIL.  The pointer is valid while the object is alive.
  */
