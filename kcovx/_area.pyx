@@ -38,7 +38,7 @@ from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
 from libc.stdint cimport SIZE_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -198,13 +198,52 @@ cdef inline int _pending_add(uint64_t pc) noexcept nogil:
     return 0
 
 
+# Blocks of Probes have dense indices (each Probe takes the next len(pcs) numbers), and the
+# gvisor set keeps one stamp per index: a block is pending when its stamp equals _mark_epoch.
+# A repeat hit costs a load and a compare, no hashing; only a first hit goes through the table
+# above (so a PC recorded both by a probe and by trace_pc is still pending once), and clearing
+# is the same one increment.
+cdef uint32_t *_marks = NULL
+cdef uint64_t _marks_cap = 0
+cdef uint64_t _next_index = 0
+cdef uint32_t _mark_epoch = 1
+
+
+cdef int _reserve_indices(uint64_t n, uint64_t *base) except -1:
+    """Take n dense block indices; *base is the first.  MemoryError if the stamps cannot grow."""
+    global _marks, _marks_cap, _next_index
+    cdef uint64_t need = _next_index + n, cap = _marks_cap
+    cdef uint32_t *grown
+    if need < _next_index or need > SIZE_MAX / sizeof(uint32_t) / 2:
+        raise MemoryError("kcovx: too many instrumented blocks")
+    if need > cap:
+        cap = cap * 2 if cap else 4096
+        while cap < need:
+            cap *= 2
+        grown = <uint32_t *> realloc(_marks, cap * sizeof(uint32_t))
+        if grown == NULL:
+            raise MemoryError("kcovx: no memory for block marks")
+        memset(grown + _marks_cap, 0, (cap - _marks_cap) * sizeof(uint32_t))
+        _marks = grown
+        _marks_cap = cap
+    base[0] = _next_index
+    _next_index = need
+    return 0
+
+
 cdef inline void _pending_clear() noexcept nogil:
+    global _mark_epoch
     _pend.n = 0
     _pend.epoch += 1
     if _pend.epoch == 0:  # wrapped after 2**32 clears: forget every stamp once
         if _pend.stamps != NULL:
             memset(_pend.stamps, 0, _pend.cap * sizeof(uint32_t))
         _pend.epoch = 1
+    _mark_epoch += 1
+    if _mark_epoch == 0:
+        if _marks != NULL:
+            memset(_marks, 0, _marks_cap * sizeof(uint32_t))
+        _mark_epoch = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +434,18 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
     return 0
 
 
+cdef inline int _record_block(uint64_t idx, uint64_t pc) noexcept:
+    """What a Probe records for its block of dense index idx (pc its PC); as _record_pc."""
+    cdef kcovx_area_t *t = kcovx_tls_pc_target
+    if t != NULL:
+        kcovx_append_pc(t, pc)
+    if kcovx_rt_collecting and _marks[idx] != _mark_epoch:
+        if _pending_add(pc) < 0:
+            return -1
+        _marks[idx] = _mark_epoch
+    return 0
+
+
 cdef inline void _record_cmp(uint64_t type, uint64_t arg1, uint64_t arg2,
                              uint64_t pc) noexcept nogil:
     """What trace_cmp records once its arguments are checked."""
@@ -430,6 +481,7 @@ cdef class Probe:
 
     cdef uint64_t *_pcs
     cdef Py_ssize_t _n
+    cdef uint64_t _base  # dense index of block 0
 
     def __cinit__(self, pcs):
         # A snapshot first: a lying __len__ or an item whose __index__ mutates pcs cannot make
@@ -444,6 +496,7 @@ cdef class Probe:
             raise MemoryError("kcovx: no memory for a probe table")
         for i in range(n):
             self._pcs[i] = _u64(items[i])
+        _reserve_indices(<uint64_t>n, &self._base)
         self._n = n
 
     def __dealloc__(self):
@@ -454,7 +507,7 @@ cdef class Probe:
     def __getitem__(self, Py_ssize_t i):
         if <size_t>i >= <size_t>self._n:
             raise IndexError(f"kcovx: probe index {i} out of range 0..{self._n - 1}")
-        if _record_pc(self._pcs[i]) < 0:
+        if _record_block(self._base + <uint64_t>i, self._pcs[i]) < 0:
             raise MemoryError("kcovx: no memory to record a PC")
         return None
 

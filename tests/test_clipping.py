@@ -17,7 +17,7 @@ import pytest
 from _kcovx_support import Devices, in_thread
 
 import kcovx
-from kcovx import KCOV_CMP_CONST, KCOV_CMP_SIZE, KCOV_TRACE_CMP, Area
+from kcovx import KCOV_CMP_CONST, KCOV_CMP_SIZE, KCOV_TRACE_CMP, Area, _area
 
 U64_MAX = 2**64 - 1
 SENTINEL = 0xDEAD_BEEF_0000_0000
@@ -450,6 +450,34 @@ def test_gvisor_enable_clears_earlier_pending(devices: Devices) -> None:
     assert v2[:2].tolist() == [1, 4]
     assert 2 not in v1.tolist() + v2.tolist()
     assert 3 not in v1.tolist() + v2.tolist()
+
+
+def test_gvisor_probe_marks_and_trace_pc_share_one_pending_set(devices: Devices) -> None:
+    """Probes deduplicate by their blocks' dense marks, trace_pc by the PC table: a PC that
+    both a probe and trace_pc record, and two probes with the same PCs, are pending once per
+    flush, in first-covered order, and each flush starts afresh."""
+    p1 = _area.Probe([0x71, 0x72, 0x73])
+    p2 = _area.Probe([0x73, 0x74])  # its block 0 has p1's block 2's PC
+    dev = devices.open("gvisor")
+    dev.init_trace(512)
+    v = dev.mmap()
+    dev.enable()
+    for _ in range(2):
+        v[0] = 0
+        kcovx.trace_pc(0x72)
+        for _ in range(3):
+            p1[2]
+            p1[1]
+            p2[0]
+            p2[1]
+            kcovx.trace_pc(0x74)
+        dev.flush()
+        assert v[: 1 + 3].tolist() == [3, 0x72, 0x73, 0x74]
+    v[0] = 0
+    p2[0]
+    dev.flush()
+    assert v[:2].tolist() == [1, 0x73]
+    dev.disable()
 
 
 def test_gvisor_nothing_collected_while_no_device_traces(devices: Devices) -> None:
