@@ -29,6 +29,7 @@ cdef extern from "kcovx.h" nogil:
     const int KCOVX_MODE_INIT
     const int KCOVX_MODE_TRACE_PC
     const int KCOVX_MODE_TRACE_CMP
+    const int KCOVX_MODE_UNIQUE_PC
 
     const uint64_t KCOVX_MAX_WORDS
 
@@ -86,3 +87,5 @@ cdef class Area:
     cdef readonly object path
     cdef Py_ssize_t _shape[1]
     cdef Py_ssize_t _strides[1]
+    # The core's unique-mode view of this area (kcovx._area._Unique), made on first use.
+    cdef object _unique

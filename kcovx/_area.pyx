@@ -37,7 +37,7 @@ from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
-from libc.stdint cimport SIZE_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport SIZE_MAX, UINT64_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -58,6 +58,13 @@ cdef extern from "kcovx_rt.h" nogil:
     kcovx_area_t *kcovx_tls_pc_target
     kcovx_area_t *kcovx_tls_cmp_target
     int kcovx_rt_collecting
+    ctypedef struct kcovx_unique_t:
+        kcovx_area_t trace
+        uint64_t *bitmap
+        uint64_t nbits
+    kcovx_unique_t *kcovx_tls_unique_target
+    void kcovx_unique_record(kcovx_unique_t *u, uint64_t idx, uint64_t pc) noexcept
+    void kcovx_rt_set_unique(kcovx_unique_t *u)
     ctypedef struct kcovx_rt_object_t:
         uintptr_t lo
         uintptr_t span
@@ -425,10 +432,16 @@ cdef int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
 
 
 cdef inline int _record_pc(uint64_t pc) noexcept:
-    """What trace_pc records, for both entry points; with the GIL held.  -1: no memory."""
+    """What trace_pc records, for both entry points; with the GIL held.  -1: no memory.
+    A PC without a block index appends every hit in unique mode."""
     cdef kcovx_area_t *t = kcovx_tls_pc_target
+    cdef kcovx_unique_t *u
     if t != NULL:
         kcovx_append_pc(t, pc)
+    else:
+        u = kcovx_tls_unique_target
+        if u != NULL:
+            kcovx_unique_record(u, UINT64_MAX, pc)
     if kcovx_rt_collecting:
         return _pending_add(pc)
     return 0
@@ -437,8 +450,13 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
 cdef inline int _record_block(uint64_t idx, uint64_t pc) noexcept:
     """What a Probe records for its block of dense index idx (pc its PC); as _record_pc."""
     cdef kcovx_area_t *t = kcovx_tls_pc_target
+    cdef kcovx_unique_t *u
     if t != NULL:
         kcovx_append_pc(t, pc)
+    else:
+        u = kcovx_tls_unique_target
+        if u != NULL:
+            kcovx_unique_record(u, idx, pc)
     if kcovx_rt_collecting and _marks[idx] != _mark_epoch:
         if _pending_add(pc) < 0:
             return -1
@@ -515,6 +533,13 @@ cdef class Probe:
         return self._n
 
     @property
+    def base(self):
+        """The dense index of block 0 (block i has base + i): its bit in a unique-mode bitmap
+        and its mark in the gvisor set.  Probes take consecutive ranges from 0 in the order
+        they are made, so the indices of a process's blocks are dense."""
+        return self._base
+
+    @property
     def pcs(self):
         """The unit's PCs, in index order."""
         return [self._pcs[i] for i in range(self._n)]
@@ -534,13 +559,18 @@ def trace_pcs(pcs):
     cdef uint64_t n, i
     cdef const uint64_t *p
     cdef kcovx_area_t *t
+    cdef kcovx_unique_t *u
     _get_u64_buffer(pcs, &view)
     # Read the target only now: getting the buffer can run Python code (a __buffer__ method)
     # that disables the device and frees the area the thread was recording to.
     t = kcovx_tls_pc_target
+    u = kcovx_tls_unique_target
     try:
         n = <uint64_t> (view.len // sizeof(uint64_t))
         p = <const uint64_t *> view.buf
+        if u != NULL:
+            for i in range(n):
+                kcovx_unique_record(u, UINT64_MAX, p[i])
         if t != NULL:
             if n >= _NOGIL_THRESHOLD:
                 with nogil:
@@ -579,6 +609,47 @@ def _set_thread_target(Area area, int mode):
         kcovx_rt_set_target(NULL, 0)
         raise ValueError(f"bad target mode {mode}")
     kcovx_rt_set_target(&area.c, mode)
+
+
+@cython.final
+cdef class _Unique:
+    """An Area's unique-mode layout: the bitmap at its start, the trace after it.  One per
+    Area, made on first use and kept as long as the Area (a thread's unique target points
+    into it); its fields change only when its owner enables it again."""
+
+    cdef kcovx_unique_t u
+
+
+def _set_thread_unique(Area area, object bitmap_words):
+    """Make area, in unique mode with a bitmap of bitmap_words words, the calling thread's only
+    recording target.  1 <= bitmap_words <= area.size - 2."""
+    cdef uint64_t bw = _u64(bitmap_words)
+    cdef _Unique un
+    if bw < 1 or bw > area.c.size or area.c.size - bw < 2:
+        kcovx_rt_set_target(NULL, 0)
+        raise ValueError(f"bad bitmap size {bw} for an area of {area.c.size} words")
+    if area._unique is None:
+        area._unique = _Unique()
+    un = <_Unique> area._unique
+    kcovx_rt_set_target(NULL, 0)  # nothing records while the layout changes
+    un.u.bitmap = area.c.words
+    un.u.nbits = bw * 64
+    un.u.trace.words = area.c.words + bw
+    un.u.trace.size = area.c.size - bw
+    kcovx_rt_set_unique(&un.u)
+
+
+def _reset_trace(Area area, object bitmap_words):
+    """KCOV_RESET_TRACE: zero the first bitmap_words words (the bitmap) and the count after
+    them (0 words: the count is word 0)."""
+    cdef uint64_t bw = _u64(bitmap_words)
+    cdef kcovx_area_t trace
+    if bw >= area.c.size:
+        raise ValueError(f"bad bitmap size {bw} for an area of {area.c.size} words")
+    memset(area.c.words, 0, <size_t>(bw * sizeof(uint64_t)))
+    trace.words = area.c.words + bw
+    trace.size = area.c.size - bw
+    kcovx_publish_count(&trace, 0)
 
 
 def _set_collecting(bint on):
@@ -688,6 +759,7 @@ MODE_DISABLED = KCOVX_MODE_DISABLED
 MODE_INIT = KCOVX_MODE_INIT
 MODE_TRACE_PC = KCOVX_MODE_TRACE_PC
 MODE_TRACE_CMP = KCOVX_MODE_TRACE_CMP
+MODE_UNIQUE_PC = KCOVX_MODE_UNIQUE_PC
 MAX_WORDS = KCOVX_MAX_WORDS
 RT_SONAME = KCOVX_RT_SONAME.decode("ascii")
 RT_ABI_VERSION = KCOVX_RT_ABI_VERSION

@@ -26,6 +26,9 @@ KCOV_INIT_TRACE: Final = 0x80086301  # _IOR('c', 1, unsigned long): arg = size i
 KCOV_ENABLE: Final = 0x6364  # _IO('c', 100): arg = trace mode
 KCOV_DISABLE: Final = 0x6365  # _IO('c', 101): arg must be 0
 KCOV_REMOTE_ENABLE: Final = 0x40186366  # _IOW('c', 102, struct kcov_remote_arg)
+# The 2025 "Coverage deduplication for KCOV" proposal (linux profile only):
+KCOV_UNIQUE_ENABLE: Final = 0x40086367  # _IOW('c', 103, unsigned long): arg = bitmap words
+KCOV_RESET_TRACE: Final = 0x6368  # _IO('c', 104): arg must be 0
 
 # Trace modes, the argument of KCOV_ENABLE.
 KCOV_TRACE_PC: Final[int] = _area.TRACE_PC
@@ -57,6 +60,7 @@ class Mode(enum.IntEnum):
     INIT = _area.MODE_INIT
     TRACE_PC = _area.MODE_TRACE_PC
     TRACE_CMP = _area.MODE_TRACE_CMP
+    UNIQUE_PC = _area.MODE_UNIQUE_PC  # kcovx's: KCOV_UNIQUE_ENABLE (linux profile)
 
 
 __all__ = [
@@ -70,8 +74,10 @@ __all__ = [
     "KCOV_ENABLE",
     "KCOV_INIT_TRACE",
     "KCOV_REMOTE_ENABLE",
+    "KCOV_RESET_TRACE",
     "KCOV_TRACE_CMP",
     "KCOV_TRACE_PC",
+    "KCOV_UNIQUE_ENABLE",
     "KCOV_WORDS_PER_CMP",
     "PAGE_SIZE",
     "Mode",

@@ -25,7 +25,9 @@ from kcovx.abi import (
     KCOV_DISABLE,
     KCOV_ENABLE,
     KCOV_INIT_TRACE,
+    KCOV_RESET_TRACE,
     KCOV_TRACE_PC,
+    KCOV_UNIQUE_ENABLE,
     KCOV_WORDS_PER_CMP,
     PAGE_SIZE,
     Mode,
@@ -66,11 +68,12 @@ def _close_deferred(task: tasks.Task) -> None:
         _deferred_closes.pop()
 
 
-def _view(area: _area.Area, length: int, offset: int) -> AreaView:
+def _view(area: _area.Area, length: int, offset: int, writable: bool = True) -> AreaView:
     """The part of the mapping [offset, offset + page-rounded length) that lies in the area."""
     import numpy as np  # on first use: `import kcovx` does not pay for numpy
 
-    words: AreaView = np.frombuffer(memoryview(area), dtype=np.uint64)
+    mem = memoryview(area) if writable else memoryview(area).toreadonly()
+    words: AreaView = np.frombuffer(mem, dtype=np.uint64)
     lo = min(offset // 8, area.size)
     hi = min((offset + page_round(length)) // 8, area.size)
     return words[lo:hi]
@@ -119,14 +122,29 @@ class Device:
         """``ioctl(KCOV_DISABLE, 0)``: stop recording (owner thread only)."""
         return self.ioctl(KCOV_DISABLE, 0)
 
-    def mmap(self, length: int | None = None, offset: int = 0) -> AreaView:
-        """Map the area: a writable numpy uint64 view of the shared words.
+    def unique_enable(self, bitmap_words: int) -> int:
+        """``ioctl(KCOV_UNIQUE_ENABLE, bitmap_words)`` (linux profile): record each block's
+        first hit only.  The area's first bitmap_words words are the bitmap (one bit per block
+        index), the trace (count, then PCs) follows them."""
+        return self.ioctl(KCOV_UNIQUE_ENABLE, as_u64(bitmap_words, "bitmap_words"))
+
+    def reset_trace(self) -> int:
+        """``ioctl(KCOV_RESET_TRACE, 0)`` (linux profile, owner only): zero the unique-mode
+        bitmap and the trace's count (word 0 in the other modes)."""
+        return self.ioctl(KCOV_RESET_TRACE, 0)
+
+    def mmap(self, length: int | None = None, offset: int = 0, writable: bool = True) -> AreaView:
+        """Map the area: a numpy uint64 view of the shared words.
 
         length is in bytes (default: the whole area); offset must be page-aligned.  The view
-        covers the part of the page-rounded mapping that lies inside the area.
+        covers the part of the page-rounded mapping that lies inside the area.  With
+        ``writable=False`` the view is read-only for good (its buffer is; numpy refuses to make
+        it writable), so a consumer can read an area it cannot corrupt.
         """
+        if not isinstance(writable, bool):
+            raise TypeError(f"writable must be a bool, got {type(writable).__name__}")
         n = None if length is None else as_u64(length, "length")
-        return self._syscall(self._mmap, n, as_u64(offset, "offset"))
+        return self._syscall(self._mmap, n, as_u64(offset, "offset"), writable)
 
     def map_area(self, length: int | None = None, offset: int = 0) -> _area.Area:
         """``mmap`` without numpy: the same call, checks and errors, returning the ``Area`` (the
@@ -215,6 +233,10 @@ class Device:
             self._rules.enable(self._state, task, arg)
         elif cmd == KCOV_DISABLE:
             self._rules.disable(self._state, task, arg)
+        elif cmd == KCOV_UNIQUE_ENABLE:
+            self._rules.unique_enable(self._state, task, arg)
+        elif cmd == KCOV_RESET_TRACE:
+            self._rules.reset_trace(self._state, task, arg)
         else:  # KCOV_REMOTE_ENABLE included: no remote coverage (see README)
             fail(errno.ENOTTY)
 
@@ -227,9 +249,9 @@ class Device:
             fail(errno.ENOMEM)
         return self._rules.mmap(self._state, task, n, offset), n
 
-    def _mmap(self, task: tasks.Task, length: int | None, offset: int) -> AreaView:
+    def _mmap(self, task: tasks.Task, length: int | None, offset: int, writable: bool) -> AreaView:
         area, n = self._map(task, length, offset)
-        return _view(area, n, offset)
+        return _view(area, n, offset, writable)
 
     def _close(self, task: tasks.Task) -> None:
         self._rules.close(self._state, task)

@@ -65,6 +65,9 @@ extern "C" {
 #define KCOVX_MODE_INIT 1
 #define KCOVX_MODE_TRACE_PC 2
 #define KCOVX_MODE_TRACE_CMP 3
+/* kcovx's (no kernel has it yet): PC tracing in KCOV_UNIQUE_ENABLE's unique mode (linux
+   profile).  Linux's 4 is KCOV_MODE_REMOTE, which kcovx does not provide. */
+#define KCOVX_MODE_UNIQUE_PC 5
 
 /*
  * The largest area, in words (far above both kernels' limits).  Byte offsets into an area stay

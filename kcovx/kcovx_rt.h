@@ -51,7 +51,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever anything below changes: the core refuses a runtime of another version. */
-#define KCOVX_RT_ABI_VERSION 1u
+#define KCOVX_RT_ABI_VERSION 2u
 #define KCOVX_RT_SONAME "libkcovx_rt.so"
 
 /* gVisor's largest area (kcovAreaSizeMax, in words): one period's first hits fit. */
@@ -67,6 +67,36 @@ extern "C" {
 
 KCOVX_RT_TLS kcovx_area_t *kcovx_tls_pc_target;
 KCOVX_RT_TLS kcovx_area_t *kcovx_tls_cmp_target;
+
+/*
+ * KCOV_UNIQUE_ENABLE (linux profile): the area starts with a bitmap of `nbits` bits, one per
+ * dense block index; the trace (count, then PCs) follows it.  The first hit of a block whose
+ * index is inside the bitmap sets its bit and appends its PC; later hits append nothing; a
+ * block without an index inside the bitmap appends every hit.  A thread's unique target is
+ * set instead of, never with, its PC/CMP targets; one writer, as for any area (the bitmap is
+ * the user's too: a reset zeroes it).
+ */
+typedef struct kcovx_unique {
+    kcovx_area_t trace; /* words[0] is the trace's count: the area's word bitmap_words */
+    uint64_t *bitmap;   /* the area's first words */
+    uint64_t nbits;     /* 64 * bitmap words */
+} kcovx_unique_t;
+
+KCOVX_RT_TLS kcovx_unique_t *kcovx_tls_unique_target;
+
+/* Record block idx (pc its PC) in unique mode; idx UINT64_MAX: no index (every hit). */
+KCOVX_INLINE void kcovx_unique_record(kcovx_unique_t *u, uint64_t idx, uint64_t pc)
+{
+    if (idx < u->nbits) {
+        uint64_t *w = &u->bitmap[idx >> 6];
+        uint64_t m = (uint64_t)1 << (idx & 63);
+        uint64_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
+        if (old & m)
+            return;
+        __atomic_store_n(w, old | m, __ATOMIC_RELAXED);
+    }
+    kcovx_append_pc(&u->trace, pc);
+}
 
 /* Non-zero while some gvisor-profile device is tracing: hooks and probes then add to the
    covered set.  Written with the GIL by kcovx_rt_set_collecting; read relaxed everywhere. */
@@ -86,8 +116,12 @@ typedef struct kcovx_rt_object {
 
 unsigned kcovx_rt_abi_version(void);
 
-/* Set (area non-NULL, mode KCOVX_MODE_TRACE_PC or _CMP) or clear the calling thread's target. */
+/* Set (area non-NULL, mode KCOVX_MODE_TRACE_PC or _CMP) or clear the calling thread's target
+   (clearing its unique target too). */
 void kcovx_rt_set_target(kcovx_area_t *area, int mode);
+
+/* Make u the calling thread's only target (unique mode), or clear every target (NULL). */
+void kcovx_rt_set_unique(kcovx_unique_t *u);
 
 /* gvisor: turn collecting on (allocating the order buffers on first use: -1, nothing changed,
    on no memory) or off (and forget what was pending).  With the GIL. */

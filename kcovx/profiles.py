@@ -57,19 +57,21 @@ _TRACE_PC: Final = Mode.TRACE_PC
 class DeviceState:
     """What one device is, as the profile rules see it.  Read and written under the lock."""
 
-    __slots__ = ("__weakref__", "area", "closed", "mode", "owner", "path", "size")
+    __slots__ = ("__weakref__", "area", "bitmap_words", "closed", "mode", "owner", "path", "size")
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.mode = Mode.DISABLED
         self.size = 0  # area size in words, 0 before init_trace
+        self.bitmap_words = 0  # unique mode's bitmap at the area's start; 0 in other modes
         self.area: _area.Area | None = None  # what the device writes to now
         self.owner: tasks.Task | None = None  # the task that enabled it
         self.closed = False
 
     def __repr__(self) -> str:
         return (
-            f"DeviceState(mode={self.mode.name}, size={self.size}, area={self.area!r}, "
+            f"DeviceState(mode={self.mode.name}, size={self.size}, "
+            f"bitmap_words={self.bitmap_words}, area={self.area!r}, "
             f"owner={self.owner!r}, closed={self.closed}, path={self.path!r})"
         )
 
@@ -130,6 +132,12 @@ class Rules:
         raise NotImplementedError
 
     def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        raise NotImplementedError
+
+    def unique_enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        raise NotImplementedError
+
+    def reset_trace(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
         raise NotImplementedError
 
     def close(self, st: DeviceState, task: tasks.Task) -> None:
@@ -231,6 +239,12 @@ class _GVisorRules(Rules):
             self.sync_collecting()
             raise
 
+    def unique_enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        fail(errno.ENOTTY)  # not a gVisor command
+
+    def reset_trace(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        fail(errno.ENOTTY)
+
     def close(self, st: DeviceState, task: tasks.Task) -> None:
         try:
             st.closed, st.mode, st.owner, st.area = True, Mode.INIT, None, None  # Clear: INIT
@@ -314,12 +328,42 @@ class _LinuxRules(Rules):
             self.sync_target(task)
             raise
 
+    def unique_enable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        # KCOV_UNIQUE_ENABLE: checked as KCOV_ENABLE, the argument being the bitmap's words,
+        # which must leave the trace at least its count and one PC.
+        if st.mode != Mode.INIT or st.area is None:
+            fail(errno.EINVAL)
+        if st.owner is not None or self.kcov.get(task) is not None:
+            fail(errno.EBUSY)
+        if arg == 0 or arg > st.size - 2:
+            fail(errno.EINVAL)
+        try:
+            st.mode, st.bitmap_words, st.owner, self.kcov[task] = Mode.UNIQUE_PC, arg, task, st
+            self.sync_target(task)
+        except BaseException:
+            self.sync_target(task)
+            raise
+
+    def reset_trace(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
+        # KCOV_RESET_TRACE: the owner zeroes the bitmap and the trace's count.
+        if arg != 0 or self.kcov.get(task) is not st:
+            fail(errno.EINVAL)
+        if st.mode < Mode.TRACE_PC or st.area is None:
+            fail(errno.EINVAL)
+        _area._reset_trace(st.area, st.bitmap_words)
+
     def disable(self, st: DeviceState, task: tasks.Task, arg: int) -> None:
         if arg != 0 or self.kcov.get(task) is not st:
             fail(errno.EINVAL)
         area = None if st.closed else st.area
         try:
-            st.mode, st.owner, st.area, self.kcov[task] = Mode.INIT, None, area, None
+            st.mode, st.owner, st.area, st.bitmap_words, self.kcov[task] = (
+                Mode.INIT,
+                None,
+                area,
+                0,
+                None,
+            )
             self.sync_target(task)
         except BaseException:
             self.sync_target(task)
@@ -336,7 +380,13 @@ class _LinuxRules(Rules):
         st = self.kcov.get(task)
         if st is not None:
             area = None if st.closed else st.area
-            st.mode, st.owner, st.area, self.kcov[task] = Mode.INIT, None, area, None
+            st.mode, st.owner, st.area, st.bitmap_words, self.kcov[task] = (
+                Mode.INIT,
+                None,
+                area,
+                0,
+                None,
+            )
         self.kcov.pop(task, None)
 
     def on_fork_child(self) -> None:
@@ -349,6 +399,8 @@ class _LinuxRules(Rules):
         st = self.kcov.get(task)
         if st is None:
             tasks.set_target(task, None, 0)
+        elif st.mode == Mode.UNIQUE_PC and st.area is not None:
+            tasks.set_unique_target(task, st.area, st.bitmap_words)
         else:
             tasks.set_target(task, st.area, int(st.mode))
 

@@ -182,6 +182,15 @@ def add_work(task: Task, work: TaskWork) -> None:
         task.work.append(work)
 
 
+def set_unique_target(task: Task, area: _area.Area, bitmap_words: int) -> None:
+    """Make area, in unique mode (its first bitmap_words words the bitmap), the calling
+    thread's only C recording target."""
+    if task.ident != threading.get_ident():
+        raise RuntimeError("a thread's recording target can only be set by that thread")
+    _area._set_thread_unique(area, bitmap_words)
+    task.target = area
+
+
 def set_target(task: Task, area: _area.Area | None, mode: int) -> None:
     """Point (or, with None, stop pointing) the calling thread's C recording target at area."""
     if task.ident != threading.get_ident():

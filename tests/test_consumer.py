@@ -141,7 +141,7 @@ def test_abi_constants_are_the_headers(consumers: SimpleNamespace) -> None:
     assert abi.KCOV_CMP_SIZE(2) == c.CMP_SIZE_2
     assert abi.KCOV_CMP_SIZE(3) | abi.KCOV_CMP_CONST == c.CMP_TYPE_MAX == _area.CMP_TYPE_MAX
     assert abi.KCOV_WORDS_PER_CMP == c.WORDS_PER_CMP
-    modes = (c.MODE_DISABLED, c.MODE_INIT, c.MODE_TRACE_PC, c.MODE_TRACE_CMP)
+    modes = (c.MODE_DISABLED, c.MODE_INIT, c.MODE_TRACE_PC, c.MODE_TRACE_CMP, c.MODE_UNIQUE_PC)
     assert tuple(abi.Mode) == modes
     assert _area.MAX_WORDS == c.MAX_WORDS
 

@@ -67,7 +67,7 @@ PAGE = 4096
 U64 = 2**64 - 1
 GVISOR_MAX = 10 * 1024 * 1024
 LINUX_MAX = 268435455
-UNKNOWN_CMDS = (kcovx.KCOV_REMOTE_ENABLE, 0, 0x6366, 0x6367, 0x6368, 0xDEADBEEF)
+UNKNOWN_CMDS = (kcovx.KCOV_REMOTE_ENABLE, 0, 0x6366, 0x6367, 0x6369, 0xDEADBEEF)
 
 N_THREADS = 3
 MAX_OPEN = 4  # devices open at once
@@ -138,6 +138,7 @@ class MDevice:
     area: MArea | None = None
     owner: MTask | None = None
     closed: bool = False
+    bitmap_words: int = 0  # linux unique mode: the bitmap's words at the area's start
 
 
 @dataclass(eq=False)
@@ -204,7 +205,11 @@ class Model:
             (self._g_enable if dev.profile == "gvisor" else self._l_enable)(task, dev, arg)
         elif cmd == kcovx.KCOV_DISABLE:
             (self._g_disable if dev.profile == "gvisor" else self._l_disable)(task, dev, arg)
-        else:
+        elif cmd == kcovx.KCOV_UNIQUE_ENABLE and dev.profile == "linux":
+            self._l_unique_enable(task, dev, arg)
+        elif cmd == kcovx.KCOV_RESET_TRACE and dev.profile == "linux":
+            self._l_reset_trace(task, dev, arg)
+        else:  # the unique-mode commands are not gVisor's
             _fail(errno.ENOTTY)
         return 0
 
@@ -253,6 +258,7 @@ class Model:
         if dev is not None:
             dev.mode = Mode.INIT
             dev.owner = None
+            dev.bitmap_words = 0
         task.gvisor_kcov = task.linux_kcov = None
         task.work.clear()
 
@@ -260,15 +266,18 @@ class Model:
         if self.gvisor_tracing(devices):
             self.pending.setdefault(pc, None)
         dev = task.linux_kcov
-        if dev is not None and dev.mode == Mode.TRACE_PC:
+        if dev is not None and dev.mode in (Mode.TRACE_PC, Mode.UNIQUE_PC):
+            # In unique mode the trace follows the bitmap, and a PC recorded by trace_pc has
+            # no block index: every hit is appended.
             area = dev.area
             assert area is not None
-            pos = (area[0] + 1) & U64
-            if pos < area.size:
-                area[pos] = pc
-                area[0] = pos
+            base = dev.bitmap_words
+            pos = (area[base] + 1) & U64
+            if pos < area.size - base:
+                area[base + pos] = pc
+                area[base] = pos
                 if pos == 0:  # the count was 2**64-1: Linux stores pos, then the PC, at word 0
-                    area[0] = pc
+                    area[base] = pc
 
     def trace_cmp(self, task: MTask, rec: tuple[int, int, int, int]) -> None:
         dev = task.linux_kcov
@@ -345,6 +354,27 @@ class Model:
         task.linux_kcov = None
         dev.mode = Mode.INIT
         dev.owner = None
+        dev.bitmap_words = 0
+
+    def _l_unique_enable(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if dev.mode != Mode.INIT:
+            _fail(errno.EINVAL)
+        if task.linux_kcov is not None:
+            _fail(errno.EBUSY)
+        if arg == 0 or arg > dev.size - 2:  # the trace needs its count and one PC
+            _fail(errno.EINVAL)
+        dev.mode = Mode.UNIQUE_PC
+        dev.bitmap_words = arg
+        dev.owner = task
+        task.linux_kcov = dev
+
+    def _l_reset_trace(self, task: MTask, dev: MDevice, arg: int) -> None:
+        if arg != 0 or task.linux_kcov is not dev:
+            _fail(errno.EINVAL)
+        area = dev.area
+        assert area is not None
+        for i in range(dev.bitmap_words + 1):
+            area[i] = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,12 +404,21 @@ sizes = st.sampled_from([512] * 5 + [1024] * 5 + [0, 1, 2, 513, GVISOR_MAX + 512
 good_sizes = st.sampled_from([512, 1024])
 enable_args = st.sampled_from([0, 0, 0, 1, 1, 2, 256, 257, U64])
 good_enable_args = st.sampled_from([0, 0, 0, 1, 256])  # 1: gvisor EOPNOTSUPP, linux CMP
+# (command, argument) of the enabling ioctl in the compound rules: mostly KCOV_ENABLE, some
+# KCOV_UNIQUE_ENABLE (gvisor: ENOTTY; linux: bitmaps of 1 or 2 words, or too large).
+good_enables = st.one_of(
+    good_enable_args.map(lambda a: (kcovx.KCOV_ENABLE, a)),
+    good_enable_args.map(lambda a: (kcovx.KCOV_ENABLE, a)),
+    st.sampled_from([1, 2, 2, 510, 1023]).map(lambda a: (kcovx.KCOV_UNIQUE_ENABLE, a)),
+)
 disable_args = st.sampled_from([0, 0, 0, 0, 0, 1, 256])
 # Any ioctl: (cmd, arg).
 ioctls = st.one_of(
     st.tuples(st.just(kcovx.KCOV_INIT_TRACE), sizes),
     st.tuples(st.just(kcovx.KCOV_ENABLE), enable_args),
     st.tuples(st.just(kcovx.KCOV_DISABLE), disable_args),
+    st.tuples(st.just(kcovx.KCOV_UNIQUE_ENABLE), st.sampled_from([0, 1, 2, 510, 511, U64])),
+    st.tuples(st.just(kcovx.KCOV_RESET_TRACE), disable_args),
     st.tuples(st.sampled_from(UNKNOWN_CMDS), st.sampled_from([0, 1])),
 )
 # mmap length: None (the whole area), relative to the area's bytes ("rel", d), or absolute.
@@ -470,6 +509,10 @@ class KcovMachine(RuleBasedStateMachine):
             what, real = f"enable({arg})", lambda: d.real.enable(arg)
         elif cmd == kcovx.KCOV_DISABLE and arg == 0:
             what, real = "disable()", d.real.disable
+        elif cmd == kcovx.KCOV_UNIQUE_ENABLE:
+            what, real = f"unique_enable({arg})", lambda: d.real.unique_enable(arg)
+        elif cmd == kcovx.KCOV_RESET_TRACE and arg == 0:
+            what, real = "reset_trace()", d.real.reset_trace
         else:
             what, real = f"ioctl({cmd:#x}, {arg})", lambda: d.real.ioctl(cmd, arg)
         got, _ = self._step(f"{self._name(d)}.{what}", w, self.model.ioctl, (d.ref, cmd, arg), real)
@@ -532,20 +575,28 @@ class KcovMachine(RuleBasedStateMachine):
         pair = self._mmap(d, w, n, offset)
         return multiple() if pair is None else pair
 
-    @rule(target=mappings, d=devices, w=threads, size=good_sizes, arg=good_enable_args)
-    def init_map_enable(self, d: DevicePair, w: int, size: int, arg: int) -> Any:
+    @rule(target=mappings, d=devices, w=threads, size=good_sizes, how=good_enables)
+    def init_map_enable(self, d: DevicePair, w: int, size: int, how: tuple[int, int]) -> Any:
         """The usual set-up, three calls in one rule, so that runs reach the tracing states."""
         self._ioctl(d, w, kcovx.KCOV_INIT_TRACE, size)
         pair = self._mmap(d, w, None, 0)
-        self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
+        self._ioctl(d, w, *how)
         return multiple() if pair is None else pair
 
-    @rule(target=mappings, d=devices, w=threads, arg=good_enable_args)
-    def map_enable(self, d: DevicePair, w: int, arg: int) -> Any:
+    @rule(target=mappings, d=devices, w=threads, how=good_enables)
+    def map_enable(self, d: DevicePair, w: int, how: tuple[int, int]) -> Any:
         """Map and enable: what gvisor needs after a DISABLE or a thread exit."""
         pair = self._mmap(d, w, None, 0)
-        self._ioctl(d, w, kcovx.KCOV_ENABLE, arg)
+        self._ioctl(d, w, *how)
         return multiple() if pair is None else pair
+
+    @rule(d=devices, w=threads, by_owner=st.booleans(), arg=disable_args)
+    def reset_trace(self, d: DevicePair, w: int, by_owner: bool, arg: int) -> None:
+        """KCOV_RESET_TRACE, half the time from the thread the model says owns the device."""
+        owner = self._owner_slot(d)
+        if by_owner and owner is not None:
+            w = owner
+        self._ioctl(d, w, kcovx.KCOV_RESET_TRACE, arg)
 
     @rule(target=mappings, d=devices, w=threads, then_exit=st.booleans())
     def hand_over(self, d: DevicePair, w: int, then_exit: bool) -> Any:
@@ -554,7 +605,7 @@ class KcovMachine(RuleBasedStateMachine):
         owner = self._owner_slot(d)
         if owner is not None:
             self._ioctl(d, owner, kcovx.KCOV_DISABLE, 0)
-        result = self.map_enable(d, w, 0)
+        result = self.map_enable(d, w, (kcovx.KCOV_ENABLE, 0))
         if then_exit and owner is not None and owner != w:
             self.thread_exit(owner)
         return result

@@ -63,6 +63,7 @@
 
 EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_pc_target;
 EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_cmp_target;
+EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_unique_t *kcovx_tls_unique_target;
 EXPORT int kcovx_rt_collecting;
 
 /* ------------------------------------------------------------------------------------------
@@ -498,10 +499,18 @@ EXPORT NOCOV void kcovx_rt_set_target(kcovx_area_t *area, int mode)
 {
     kcovx_tls_pc_target = NULL;
     kcovx_tls_cmp_target = NULL;
+    kcovx_tls_unique_target = NULL;
     if (area != NULL && mode == KCOVX_MODE_TRACE_PC)
         kcovx_tls_pc_target = area;
     else if (area != NULL && mode == KCOVX_MODE_TRACE_CMP)
         kcovx_tls_cmp_target = area;
+}
+
+EXPORT NOCOV void kcovx_rt_set_unique(kcovx_unique_t *u)
+{
+    kcovx_tls_pc_target = NULL;
+    kcovx_tls_cmp_target = NULL;
+    kcovx_tls_unique_target = u;
 }
 
 EXPORT NOCOV size_t kcovx_rt_object_count(void)
