@@ -80,21 +80,28 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     native.clear_cache()
 
 
+def _record(devices: Devices, call: Callable[[], object], mode: int) -> list[int]:
+    """The words call() records on this thread in the linux profile (the device is closed
+    again, so a test can record several times)."""
+    dev, area = devices.enabled("linux", size=4096, mode=mode)
+    try:
+        area[0] = 0
+        call()
+        n = int(area[0]) * (1 if mode == kcovx.KCOV_TRACE_PC else 4)
+        return [int(w) for w in area[1 : n + 1]]
+    finally:
+        dev.disable()
+        del area
+        dev.close()
+
+
 def _trace(devices: Devices, call: Callable[[], object]) -> list[int]:
-    _dev, area = devices.enabled("linux", size=4096)
-    area[0] = 0
-    call()
-    n = int(area[0])
-    return [int(pc) for pc in area[1 : n + 1]]
+    return _record(devices, call, kcovx.KCOV_TRACE_PC)
 
 
 def _cmp_records(devices: Devices, call: Callable[[], object]) -> list[tuple[int, int, int, int]]:
-    _dev, area = devices.enabled("linux", size=4096, mode=kcovx.KCOV_TRACE_CMP)
-    area[0] = 0
-    call()
-    n = int(area[0])
-    words = [int(w) for w in area[1 : 1 + 4 * n]]
-    return [tuple(words[i : i + 4]) for i in range(0, len(words), 4)]  # type: ignore[misc]
+    words = _record(devices, call, kcovx.KCOV_TRACE_CMP)
+    return [(words[i], words[i + 1], words[i + 2], words[i + 3]) for i in range(0, len(words), 4)]
 
 
 def _lines_in(blocks: list[pcs.Block], function: str) -> list[int]:
@@ -108,7 +115,6 @@ def test_branch_pcs_symbolize_to_the_lines_taken(
     devices: Devices, ext: Any, ext_dir: Path, backend: str
 ) -> None:
     big = [kcovx.symbolize(pc) for pc in _trace(devices, lambda: ext.branch(20))]
-    devices.cleanup()
     small = [kcovx.symbolize(pc) for pc in _trace(devices, lambda: ext.branch(0))]
     assert all(kcovx.sancov.is_native(b.pc) for b in big + small)
     source = str(ext_dir / "nativecov.c")
@@ -143,14 +149,7 @@ def test_switch_records_symbolize_to_the_switch(devices: Devices, ext: Any, back
 
 
 def test_each_comparison_symbolizes_to_its_line(devices: Devices, ext: Any, backend: str) -> None:
-    records = _cmp_records(devices, lambda: ext.cmp_all(0x4B434F5658585858, 7))
-    got = {}
-    for kind, _a, _b, pc in records:
-        block = kcovx.symbolize(pc)
-        if block.function == "cmp_all":
-            width = 1 << ((kind & kcovx.KCOV_CMP_MASK) >> 1)
-            got[("c" if kind & kcovx.KCOV_CMP_CONST else "v") + str(width)] = block.start_line
-    assert got == {name: line_of(name) for name in ("c1", "c2", "c4", "c8", "v1", "v2", "v4", "v8")}
+    assert _cmp_lines(devices, ext) == {name: line_of(name) for name in _CMP_LINES}
 
 
 def test_unknown_native_unit(ext: Any) -> None:
@@ -168,6 +167,52 @@ def test_pc_outside_any_function_gives_no_line(devices: Devices, ext: Any, ext_d
     block = kcovx.symbolize(unit << 32 | 0xFFFFFFF0)  # far past the object's code
     path = str(built_path(MODULE, ext_dir))
     assert (block.file, block.function, block.start_line, block.end_line) == (path, "", 0, 0)
+
+
+_CMP_LINES = ("c1", "c2", "c4", "c8", "v1", "v2", "v4", "v8")
+
+
+def _cmp_lines(
+    devices: Devices, mod: Any, objects: list[NativeObject] | None = None
+) -> dict[str, int]:
+    got = {}
+    for kind, _a, _b, pc in _cmp_records(devices, lambda: mod.cmp_all(0x4B434F5658585858, 7)):
+        block = kcovx.symbolize(pc) if objects is None else pcs.symbolize_native(pc, objects)
+        if block.function == "cmp_all":
+            width = 1 << ((kind & kcovx.KCOV_CMP_MASK) >> 1)
+            got[("c" if kind & kcovx.KCOV_CMP_CONST else "v") + str(width)] = block.start_line
+    return got
+
+
+@pytest.mark.parametrize("flag", ["-gdwarf-4", "-gz", "no-aranges"])
+def test_debug_info_variants(devices: Devices, tmp_path: Path, ext_dir: Path, flag: str) -> None:
+    """DWARF 4 line tables (1-based file numbers), compressed debug sections, and an object
+    without .debug_aranges (as clang builds them): the same lines."""
+    native.clear_cache()
+    want = {name: line_of(name) for name in _CMP_LINES}
+    if flag == "no-aranges":
+        objcopy = shutil.which("objcopy")
+        if objcopy is None:
+            pytest.skip("binutils' objcopy is not installed")
+        so = built_path(MODULE, ext_dir)
+        copy = tmp_path / so.name
+        subprocess.run(
+            [objcopy, "--remove-section", ".debug_aranges", str(so), str(copy)],
+            check=True,
+            timeout=60,
+        )
+        assert not _has_section(copy, ".debug_aranges") and _has_section(so, ".debug_aranges")
+        mine = next(o for o in kcovx.sancov.objects() if o.path == str(so))
+        assert native.read_build_id(str(copy)) == mine.build_id
+        assert _cmp_lines(devices, load(MODULE, ext_dir), [mine._replace(path=str(copy))]) == want
+        return
+    name = "nativecov_" + flag.strip("-").replace("-", "_")
+    root = tmp_path / name
+    mod = load(name, build_extension(root, name, [_renamed(root, name)], opt=flag))
+    assert _cmp_lines(devices, mod) == want
+    source = str(root / f"{name}.c")
+    pc = _trace(devices, lambda: mod.branch(1))[0]
+    assert kcovx.symbolize(pc).file == source
 
 
 # -- without debug information ---------------------------------------------------------------------

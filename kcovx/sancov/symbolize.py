@@ -48,6 +48,17 @@ _MAX_NOTES = 1 << 20  # bytes of PT_NOTE segments read for the build-id
 _NT_GNU_BUILD_ID = 3
 _PT_NOTE = 4
 _ADDR2LINE_TIMEOUT = 60.0  # seconds
+_ADDRESS_FORMS = frozenset(
+    {
+        "DW_FORM_addr",
+        "DW_FORM_addrx",
+        "DW_FORM_addrx1",
+        "DW_FORM_addrx2",
+        "DW_FORM_addrx3",
+        "DW_FORM_addrx4",
+        "DW_FORM_GNU_addr_index",
+    }
+)
 _SYMBOL_SCAN = 16  # symbols at or below an address checked for one that spans it
 
 _lock = threading.RLock()
@@ -188,7 +199,7 @@ class _Dwarf:
             self._dwarf = self._elf.get_dwarf_info()
         self._aranges: Any = None
         self._units: dict[int, _Unit] = {}
-        self._all_units = False
+        self._unit_extents: list[tuple[int, list[tuple[int, int]] | None]] | None = None
         self._symbols: list[tuple[int, int, str]] | None = None
         self._symbol_addrs: list[int] = []
 
@@ -217,14 +228,26 @@ class _Dwarf:
             offset = self._aranges.cu_offset_at_addr(addr)
             if offset is not None:
                 return self._unit(offset)
-        for offset in self._unit_offsets():  # no .debug_aranges entry: try every unit
+        # No .debug_aranges entry (clang emits none by default): the units whose top DIE
+        # covers addr, then those that say nothing of their extent, by their line tables.
+        for offset in self._unit_candidates(addr):
             unit = self._unit(offset)
             if _row_at(unit.sequences, addr) is not None:
                 return unit
         return None
 
-    def _unit_offsets(self) -> list[int]:
-        return [cu.cu_offset for cu in self._dwarf.iter_CUs()]
+    def _unit_candidates(self, addr: int) -> list[int]:
+        if self._unit_extents is None:
+            self._unit_extents = []
+            for cu in self._dwarf.iter_CUs():
+                top = cu.get_top_DIE()
+                base = _attr(top, "DW_AT_low_pc")
+                extent = self._ranges(top, cu, base if isinstance(base, int) else 0)
+                self._unit_extents.append((cu.cu_offset, extent or None))
+        covering = [
+            o for o, ext in self._unit_extents if ext and any(lo <= addr < hi for lo, hi in ext)
+        ]
+        return covering + [o for o, ext in self._unit_extents if ext is None]
 
     def _unit(self, offset: int) -> _Unit:
         unit = self._units.get(offset)
@@ -311,11 +334,14 @@ class _Dwarf:
     def _ranges(self, die: Any, cu: Any, base: int) -> list[tuple[int, int]]:
         attrs = die.attributes
         if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
-            lo, high = attrs["DW_AT_low_pc"], attrs["DW_AT_high_pc"]
-            if lo.form != "DW_FORM_addr":
+            lo = self._address(attrs["DW_AT_low_pc"], cu)
+            high = attrs["DW_AT_high_pc"]
+            if lo is None:
                 return []
-            hi = high.value if high.form == "DW_FORM_addr" else lo.value + high.value
-            return [(lo.value, hi)]
+            if high.form in _ADDRESS_FORMS:
+                hi = self._address(high, cu)
+                return [] if hi is None else [(lo, hi)]
+            return [(lo, lo + high.value)]  # a constant: the length
         if "DW_AT_ranges" not in attrs:
             return []
         lists = self._dwarf.range_lists()
@@ -330,6 +356,13 @@ class _Dwarf:
             else:
                 out.append((base + entry.begin_offset, base + entry.end_offset))
         return out
+
+    def _address(self, attr: Any, cu: Any) -> int | None:
+        if attr.form == "DW_FORM_addr":
+            return int(attr.value)
+        if attr.form in _ADDRESS_FORMS:  # an index into .debug_addr (DWARF 5, split DWARF)
+            return int(self._dwarf.get_addr(cu, attr.value))
+        return None
 
     # the symbol table
 
