@@ -552,3 +552,32 @@ def test_pyelftools_loads_on_the_first_native_symbolize(ext_dir: Path, tmp_path:
     r = python("-c", code, tests, str(ext_dir), str(tmp_path / "t.pcs"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "False True\n"
+
+
+def test_kcovx_run_table_symbolizes_the_native_pcs_of_its_cover_file(
+    tmp_path: Path, ext_dir: Path
+) -> None:
+    prog = tmp_path / "prog.py"
+    prog.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from _native_support import load\n"
+        "m = load('nativecov', Path(sys.argv[2]))\n"
+        "m.branch(20)\n"
+        "m.cmp_all(0x4B, 0)\n",
+        encoding="utf-8",
+    )
+    tests = str(Path(__file__).resolve().parent)
+    r = _cli("run", str(prog), tests, str(ext_dir), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    table = pcs.read_pcs_table(tmp_path / "kcovx.pcs")
+    assert str(built_path(MODULE, ext_dir)) in {o.path for o in table.objects}
+    r = _cli("symbolize", "--functions", "--cover", "kcovx.cover", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    second = r.stdout.splitlines()[1::2]
+    source = str(ext_dir / "nativecov.c")
+    where = {(s.split(":")[0], s.split(" ")[-1]) for s in second}
+    assert {(source, "branch"), (source, "cmp_all"), (str(prog), "<module>")} <= where
+    lines = {int(s.split(":")[1].split(".")[0]) for s in second if s.startswith(source)}
+    assert {line_of("branch_big"), line_of("c1"), line_of("v8")} <= lines
