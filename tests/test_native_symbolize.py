@@ -429,9 +429,53 @@ def test_read_build_id_of_hostile_files(tmp_path: Path, ext_dir: Path) -> None:
         got = native.read_build_id(str(path))
         assert got in (None, "", good), (name, got)
     mine = tmp_path / "lib.so"
-    mine.write_bytes(data[:64])
-    with pytest.raises(UnknownPCError):
+    mine.write_bytes(data[:64])  # an ELF header whose program headers are missing: no build-id
+    with pytest.raises(UnknownPCError, match="stale object"):
         native.lookup(str(mine), good, 0x1000)
+    mine.write_bytes(b"hello, world\n" * 10)
+    with pytest.raises(UnknownPCError, match="not an ELF file"):
+        native.lookup(str(mine), good, 0x1000)
+    # A FIFO or a folder at an object's path: refused, without blocking on the FIFO.
+    fifo = tmp_path / "fifo.so"
+    os.mkfifo(fifo)
+    assert native.read_build_id(str(fifo)) is None
+    for special in (fifo, tmp_path):
+        with pytest.raises(UnknownPCError, match="not a regular file"):
+            native.lookup(str(special), good, 0x1000)
+
+
+@pytest.mark.parametrize("section", [".debug_info", ".debug_line", ".debug_abbrev", ".symtab"])
+def test_corrupt_debug_sections_give_an_error_or_an_answer(
+    tmp_path: Path, ext_dir: Path, section: str
+) -> None:
+    """An object with its build-id intact but a debug section overwritten with noise: each
+    lookup answers or raises UnknownPCError, nothing else."""
+    import random
+
+    from elftools.elf.elffile import ELFFile
+
+    so = built_path(MODULE, ext_dir)
+    data = bytearray(so.read_bytes())
+    with open(so, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(section)
+        start, size = sec["sh_offset"], sec["sh_size"]
+    good = native.read_build_id(str(so))
+    assert good
+    for seed in range(4):
+        rng = random.Random(seed)
+        noisy = bytearray(data)
+        for _ in range(max(1, size // 16)):
+            noisy[start + rng.randrange(size)] = rng.randrange(256)
+        path = tmp_path / f"{seed}.so"
+        path.write_bytes(noisy)
+        assert native.read_build_id(str(path)) == good
+        for addr in (0, 0x1000, 0x1258, 0x1600, 0xFFFFFF):
+            try:
+                where = native.lookup(str(path), good, addr)
+            except UnknownPCError as e:
+                assert "malformed debug information" in str(e)
+            else:
+                assert isinstance(where, native.NativeLine)
 
 
 # -- cflags, ldflags -------------------------------------------------------------------------------

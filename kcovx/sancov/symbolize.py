@@ -28,17 +28,21 @@ import importlib
 import io
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import threading
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
+from kcovx._files import read_regular
 from kcovx.errors import UnknownPCError
 
 __all__ = [
     "NativeLine",
     "ObjectSymbolizer",
     "backend",
+    "build_id_of",
+    "clear_cache",
     "lookup",
     "read_build_id",
 ]
@@ -79,15 +83,24 @@ class NativeLine(NamedTuple):
 
 def read_build_id(path: str) -> str | None:
     """The GNU build-id (hex) of the ELF file at ``path``, "" if it has none, None if it is
-    not an ELF file this can read.  OSError if it cannot be opened."""
-    with open(path, "rb") as f:
-        try:
-            return _build_id(f)
-        except (struct.error, ValueError, OverflowError):
+    not a regular ELF file this can read.  OSError if it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        return build_id_of(f)
 
 
-def _build_id(f: io.BufferedReader) -> str | None:
+def build_id_of(f: BinaryIO) -> str | None:
+    """The GNU build-id (hex) of the ELF file open as ``f`` (seekable), "" if it has none,
+    None if it is not an ELF file this can read (malformed headers included)."""
+    try:
+        return _build_id(f)
+    except (struct.error, ValueError, OverflowError):
+        return None
+
+
+def _build_id(f: BinaryIO) -> str | None:
     ident = f.read(64)
     if len(ident) < 52 or ident[:4] != b"\x7fELF":
         return None
@@ -103,7 +116,7 @@ def _build_id(f: io.BufferedReader) -> str | None:
         (phoff,) = struct.unpack_from(e + "I", ident, 28)
         phentsize, phnum = struct.unpack_from(e + "HH", ident, 42)
         ph, need = e + "IIIII", 20
-    if phentsize < need or phnum == 0xFFFF:
+    if phentsize < need or phentsize * phnum > _MAX_NOTES:
         return None
     f.seek(phoff)
     table = f.read(phentsize * phnum)
@@ -453,27 +466,33 @@ class ObjectSymbolizer:
         self.path = path
         self.build_id = build_id
         self._seen: tuple[int, int, int, int] | None = None
+        self._data = b""
         self._dwarf: _Dwarf | None = None
         self._answers: dict[int, NativeLine] = {}
 
+    def _unreadable(self, why: str) -> UnknownPCError:
+        return UnknownPCError(f"kcovx: native object {self.path!r} cannot be read: {why}")
+
     def _check(self) -> None:
-        """UnknownPCError unless the file at the path is the recorded object."""
+        """UnknownPCError unless the file at the path is the recorded object; its content is
+        read again whenever its stat identity changed."""
         try:
             st = os.stat(self.path)
         except OSError as e:
-            raise UnknownPCError(
-                f"kcovx: native object {self.path!r} cannot be read: {e.strerror}"
-            ) from None
+            raise self._unreadable(str(e.strerror)) from None
         if self._seen == _identity(st):
             return
-        self._dwarf = None
+        self._seen, self._data, self._dwarf = None, b"", None
         self._answers.clear()
+        if not stat.S_ISREG(st.st_mode):
+            raise self._unreadable("not a regular file")
         try:
-            now = read_build_id(self.path)
+            data = read_regular(self.path, MAX_OBJECT_BYTES)
         except OSError as e:
-            raise UnknownPCError(
-                f"kcovx: native object {self.path!r} cannot be read: {e.strerror}"
-            ) from None
+            raise self._unreadable(str(e.strerror)) from None
+        except ValueError:
+            raise self._unreadable(f"larger than {MAX_OBJECT_BYTES} bytes") from None
+        now = build_id_of(io.BytesIO(data))
         if now is None:
             raise UnknownPCError(f"kcovx: native object {self.path!r} is not an ELF file")
         if now != self.build_id:
@@ -481,14 +500,14 @@ class ObjectSymbolizer:
                 f"kcovx: stale object {self.path!r}: its build-id is now {now or 'none'}, "
                 f"the PC was recorded from build-id {self.build_id or 'none'}"
             )
-        if not os.path.isfile(self.path) or st.st_size > MAX_OBJECT_BYTES:
-            raise UnknownPCError(f"kcovx: native object {self.path!r} is not a readable object")
-        self._seen = _identity(st)
+        self._seen, self._data = _identity(st), data
 
     def lookup(self, addr: int) -> NativeLine:
         """Where ``addr`` (a link-time address in this object) is."""
         with _lock:
             self._check()
+            if addr < 0:  # offset 0: no call returns there
+                return NativeLine("", "", 0, 0)
             answer = self._answers.get(addr)
             if answer is None:
                 answer = self._lookup(addr)
@@ -500,18 +519,8 @@ class ObjectSymbolizer:
             return _addr2line(self.path, addr)
         try:
             if self._dwarf is None:
-                with open(self.path, "rb") as f:
-                    data = f.read(MAX_OBJECT_BYTES + 1)
-                if len(data) > MAX_OBJECT_BYTES:
-                    raise UnknownPCError(f"kcovx: native object {self.path!r} is too large")
-                self._dwarf = _Dwarf(data)
+                self._dwarf = _Dwarf(self._data)
             return self._dwarf.lookup(addr)
-        except UnknownPCError:
-            raise
-        except OSError as e:
-            raise UnknownPCError(
-                f"kcovx: native object {self.path!r} cannot be read: {e.strerror}"
-            ) from None
         except Exception as e:  # pyelftools on a malformed file: anything from its parser
             raise UnknownPCError(
                 f"kcovx: native object {self.path!r} has malformed debug information "
