@@ -27,7 +27,9 @@ PC table files are written atomically and only over regular files, and read as u
 input (regular files only, at most ``MAX_TABLE_BYTES``, strict UTF-8 and JSON without floats
 or non-finite numbers, every field checked): any problem with a table's content is a
 ``PCsTableError`` (a ValueError), a path that cannot be opened or is not a regular file an
-OSError.  json is imported only when a table is read or written.
+OSError.  json is imported only when a table is read or written.  A table (version 2) also
+lists the native objects recorded from (path, build-id hex, load address, unit; the unit must
+be the one the build-id and path give); version 1 tables, without objects, still read.
 
 Threading: the registry is guarded by one lock; lookups are plain dict reads under the GIL.
 """
