@@ -8,6 +8,11 @@
   as ``od`` prints them; ``0x`` optional), or the PCs of a cover file, to ``PC`` +
   ``file:line.col,line.col`` line pairs on stdout (gVisor's ``runsc symbolize`` format);
   ``--all`` lists every block of the table;
+  native PCs are resolved from the object files the table records (their DWARF line table),
+  ``--functions`` adds each block's function after its position;
+- ``cflags [--no-cmp] [--no-debug]`` / ``ldflags``: the compiler / linker flags that build C
+  code instrumented for kcovx (``kcovx.sancov.compile_args()`` / ``link_args()``), on one line,
+  quoted for a POSIX shell (and for setuptools, which splits CFLAGS/LDFLAGS the same way);
 - ``demo [--profile P] [--size N]``: the device end to end on a few fixed PCs.
 
 Owns argument parsing, the defaults (``DEFAULTS``, the one place they are written), the size
@@ -30,7 +35,7 @@ from kcovx.profiles import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
 
 _T = TypeVar("_T")
 
-COMMANDS: Final = ("run", "symbolize", "demo")
+COMMANDS: Final = ("run", "symbolize", "cflags", "ldflags", "demo")
 
 
 class DEFAULTS:
@@ -157,21 +162,24 @@ def symbolize_main(
     *,
     cover_path: str | None = None,
     all_blocks: bool = False,
+    functions: bool = False,
     inp: BinaryIO,
     out: TextIO,
     err: TextIO,
 ) -> int:
     """``kcovx symbolize``: see the module docstring for what is read and the statuses."""
     from kcovx.cover import read_cover
-    from kcovx.pcs import format_block, load_pcs_table, parse_pc
+    from kcovx.errors import UnknownPCError
+    from kcovx.pcs import format_block, parse_pc, read_pcs_table, symbolize_native
+    from kcovx.sancov import is_native
 
     status = 0
     texts: Iterable[str]
     try:
         hint = " (kcovx run writes one; see --pcs-table)"
-        table = _read(load_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
+        table = _read(read_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
         if all_blocks:
-            texts = (f"{pc:#x}" for pc in sorted(table))
+            texts = (f"{pc:#x}" for pc in sorted(table.blocks))
         elif cover_path is not None:
             texts = (f"{pc:#x}" for pc in _read(read_cover, cover_path, "cover file"))
         else:
@@ -179,6 +187,7 @@ def symbolize_main(
     except _Unusable as e:
         print(f"kcovx symbolize: {e}", file=err)
         return 2
+    no_lines: set[str] = set()
     for text in texts:
         if not text:  # a line too long, already reported
             status = 1
@@ -191,13 +200,48 @@ def symbolize_main(
             )
             status = 1
             continue
-        block = table.get(pc)
+        block = table.blocks.get(pc)
+        if block is None and is_native(pc):
+            try:
+                block = symbolize_native(pc, table.objects)
+            except UnknownPCError as e:
+                print(f"kcovx symbolize: {str(e).removeprefix('kcovx: ')}", file=err)
+                status = 1
+                continue
+            if block.start_line == 0 and block.file not in no_lines:
+                no_lines.add(block.file)
+                print(
+                    f"kcovx symbolize: no line information in {block.file} (built without -g?): "
+                    "its PCs print as line 0; --functions names their functions",
+                    file=err,
+                )
         if block is None:
             print(f"kcovx symbolize: unknown PC {pc:#x}: not in the PC table", file=err)
             status = 1
             continue
-        print(format_block(block), file=out)
+        line = format_block(block)
+        print(f"{line} {block.function}" if functions else line, file=out)
     return status
+
+
+# -- cflags, ldflags ----------------------------------------------------------------------------
+
+
+def shell_line(args: Iterable[str]) -> str:
+    """args as one line a POSIX shell (and setuptools' CFLAGS/LDFLAGS splitting) reads back as
+    the same words."""
+    import shlex
+
+    return shlex.join(args)
+
+
+def flags_main(which: str, *, cmp: bool = True, debug: bool = True, out: TextIO) -> int:
+    """``kcovx cflags`` / ``kcovx ldflags``: print the flags on one line."""
+    from kcovx import sancov
+
+    args = sancov.compile_args(cmp=cmp, debug=debug) if which == "cflags" else sancov.link_args()
+    print(shell_line(args), file=out)
+    return 0
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -328,13 +372,41 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     what = sym.add_mutually_exclusive_group()
     what.add_argument("--cover", metavar="FILE", help="symbolize the PCs of this cover file")
     what.add_argument("--all", action="store_true", help="list every block of the table")
+    sym.add_argument(
+        "--functions",
+        action="store_true",
+        help="print each block's function after its position (file:l.c,l.c FUNCTION)",
+    )
+    cflags = sub.add_parser(
+        "cflags",
+        help="compiler flags that instrument C code for kcovx (for CFLAGS)",
+        description="Print kcovx.sancov.compile_args() on one line, quoted for the shell: "
+        'CFLAGS="$(kcovx cflags)" LDFLAGS="$(kcovx ldflags)" pip install --no-binary :all: PKG',
+    )
+    cflags.add_argument(
+        "--no-cmp", action="store_true", help="no comparison tracing (trace-pc only)"
+    )
+    cflags.add_argument(
+        "--no-debug", action="store_true", help="no -g (native PCs then symbolize to functions)"
+    )
+    ldflags = sub.add_parser(
+        "ldflags",
+        help="linker flags that bind instrumented code to kcovx's runtime (for LDFLAGS)",
+        description="Print kcovx.sancov.link_args() on one line, quoted for the shell.",
+    )
     demo_p = sub.add_parser(
         "demo",
         help="the device end to end on a few hand-written PCs",
         description="Open a device, record a few hand-written PCs per input, read them back.",
     )
     _device_options(demo_p, DEFAULTS.demo_size)
-    return top, {"run": run, "symbolize": sym, "demo": demo_p}
+    return top, {
+        "run": run,
+        "symbolize": sym,
+        "cflags": cflags,
+        "ldflags": ldflags,
+        "demo": demo_p,
+    }
 
 
 def _symbolize(opts: argparse.Namespace) -> int:
@@ -345,6 +417,7 @@ def _symbolize(opts: argparse.Namespace) -> int:
         opts.pcs_table,
         cover_path=opts.cover,
         all_blocks=opts.all,
+        functions=opts.functions,
         inp=sys.stdin.buffer,
         out=sys.stdout,
         err=sys.stderr,
@@ -357,6 +430,20 @@ def _demo(opts: argparse.Namespace) -> int:
         print(f"kcovx demo: {problem}", file=sys.stderr)
         return 2
     return demo(opts.profile, opts.size)
+
+
+def _flags(opts: argparse.Namespace) -> int:
+    if opts.command == "cflags":
+        return flags_main("cflags", cmp=not opts.no_cmp, debug=not opts.no_debug, out=sys.stdout)
+    return flags_main("ldflags", out=sys.stdout)
+
+
+_HANDLERS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
+    "symbolize": _symbolize,
+    "demo": _demo,
+    "cflags": _flags,
+    "ldflags": _flags,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,9 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts.target, opts.module, opts.args = target, module, args
         return _run(sub["run"], opts)
     opts = top.parse_args(argv)
-    if opts.command == "symbolize":
-        return _symbolize(opts)
-    if opts.command == "demo":
-        return _demo(opts)
+    handler = _HANDLERS.get(opts.command)
+    if handler is not None:
+        return handler(opts)
     top.print_help(sys.stderr)  # no command: list them
     return 2

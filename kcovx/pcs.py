@@ -18,11 +18,18 @@ unit collision; resolved in registration order) already has it; the next salt is
 block's identity is its module, key, file and source extent: instrumenting the same source
 again yields the same PCs and registers nothing new.
 
+Native PCs (bit 63 set, ``kcovx.sancov``) are symbolized from their object's DWARF line table
+(``kcovx.sancov.symbolize``, loaded on the first one): in this process from the objects the
+runtime has seen, offline from the objects a PC table records.  A native PC is a point, not a
+range: its block's start and end are both the line and column of the hook call.
+
 PC table files are written atomically and only over regular files, and read as untrusted
 input (regular files only, at most ``MAX_TABLE_BYTES``, strict UTF-8 and JSON without floats
 or non-finite numbers, every field checked): any problem with a table's content is a
 ``PCsTableError`` (a ValueError), a path that cannot be opened or is not a regular file an
-OSError.  json is imported only when a table is read or written.
+OSError.  json is imported only when a table is read or written.  A table (version 2) also
+lists the native objects recorded from (path, build-id hex, load address, unit; the unit must
+be the one the build-id and path give); version 1 tables, without objects, still read.
 
 Threading: the registry is guarded by one lock; lookups are plain dict reads under the GIL.
 """
@@ -38,21 +45,31 @@ from typing import Any, NamedTuple
 
 from kcovx._files import read_regular, replace_file
 from kcovx.errors import PCsTableError, UnknownPCError
+from kcovx.sancov import NativeObject, is_native, native_unit
 
 __all__ = [
     "Block",
+    "PCsTable",
     "block_pc",
     "blocks",
     "format_block",
     "load_pcs_table",
     "parse_pc",
+    "read_pcs_table",
     "symbolize",
+    "symbolize_native",
     "unit_hash",
     "write_pcs_table",
 ]
 
 TABLE_FORMAT = "kcovx-pcs-table"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: native objects ("objects"); version 1 tables (no objects) still read
+_READS_VERSIONS = (1, 2)
+# At most this many native objects in a table (the runtime registers at most 512).
+MAX_TABLE_OBJECTS = 4096
+# A GNU build-id is 20 bytes with gcc and clang's defaults; the runtime keeps up to 64.
+_MAX_BUILD_ID_BYTES = 64
+_MAX_PATH_CHARS = 4096
 # A table of about 600,000 blocks; the cap bounds a reader's memory (JSON objects take several
 # times their text) whatever file it is handed.
 MAX_TABLE_BYTES = 64 << 20
@@ -125,14 +142,46 @@ def register(entries: Iterable[tuple[Block, Ident]]) -> set[int]:
 
 
 def symbolize(pc: int) -> Block:
-    """The block of this process whose PC is ``pc``.  UnknownPCError (a LookupError) if none
-    is."""
+    """The block of this process whose PC is ``pc``: an instrumented Python block, or for a
+    native PC the C line of the hook call in an object this process recorded from.
+    UnknownPCError (a LookupError) if there is none (or the object file changed on disk)."""
     if not isinstance(pc, int):
         raise TypeError(f"pc must be an int, not {type(pc).__name__}")
     try:
         return _blocks[pc]
     except KeyError:
-        raise UnknownPCError(f"kcovx: unknown PC {pc:#x}: no instrumented block has it") from None
+        pass
+    if 0 <= pc < 1 << 64 and is_native(pc):
+        from kcovx.sancov import objects
+
+        return symbolize_native(pc, objects())
+    raise UnknownPCError(f"kcovx: unknown PC {pc:#x}: no instrumented block has it")
+
+
+def symbolize_native(pc: int, objects: Iterable[NativeObject]) -> Block:
+    """The C line of native PC ``pc``, from the first of ``objects`` with its unit whose file
+    still has the recorded build-id.  The block is a point: start == end == line.col of the
+    hook call; an object without line information gives its path as the file, the function
+    from its symbol table, and line 0 (``0.0,0.0``).  UnknownPCError if no object has the
+    unit, or its file is gone, changed (stale) or unreadable."""
+    from kcovx.sancov import symbolize as native
+
+    unit = pc >> 32
+    problem = f"kcovx: unknown PC {pc:#x}: no native object recorded with unit {unit:#x}"
+    for obj in objects:
+        if obj.unit != unit:
+            continue
+        try:
+            where = native.lookup(obj.path, obj.build_id, (pc & 0xFFFFFFFF) - 1)
+        except UnknownPCError as e:
+            problem = f"kcovx: native PC {pc:#x}: {str(e).removeprefix('kcovx: ')}"
+            continue
+        if not where.file:
+            return Block(pc, obj.path, where.function, 0, 0, 0, 0)
+        return Block(
+            pc, where.file, where.function, where.line, where.column, where.line, where.column
+        )
+    raise UnknownPCError(problem)
 
 
 def blocks() -> list[Block]:
@@ -155,20 +204,40 @@ def parse_pc(text: str) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
-def write_pcs_table(path: str | os.PathLike[str], table: Iterable[Block] | None = None) -> int:
-    """Write the PC table (every known block, or ``table``) to ``path`` as JSON, atomically,
-    replacing only a regular file.  Returns the number of blocks written."""
+def write_pcs_table(
+    path: str | os.PathLike[str],
+    table: Iterable[Block] | None = None,
+    objects: Iterable[NativeObject] | None = None,
+) -> int:
+    """Write the PC table (every known block, or ``table``; the native objects this process
+    recorded from, or ``objects``) to ``path`` as JSON, atomically, replacing only a regular
+    file.  Returns the number of blocks written."""
     import json
 
+    if objects is None:
+        from kcovx.sancov import objects as seen
+
+        objects = seen()
     rows = sorted(blocks() if table is None else table)
     doc = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,
         "blocks": [[f"{b.pc:#018x}", *b[1:]] for b in rows],
+        "objects": [
+            {"path": o.path, "build_id": o.build_id, "base": f"{o.base:#x}", "unit": f"{o.unit:#x}"}
+            for o in objects
+        ],
     }
     text = json.dumps(doc, separators=(",", ":")) + "\n"  # ASCII: non-ASCII is escaped
     replace_file(os.fsdecode(os.fspath(path)), text.encode("ascii"))
     return len(rows)
+
+
+class PCsTable(NamedTuple):
+    """A PC table as read back: its blocks by PC and its native objects (none in version 1)."""
+
+    blocks: dict[int, Block]
+    objects: list[NativeObject]
 
 
 def _no_float(text: str) -> Any:
@@ -192,9 +261,37 @@ def _checked_block(row: object) -> Block:
     return Block(pc, file, function, *position)
 
 
-def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
-    """Read a table written by ``write_pcs_table``.  PCsTableError if it is not one; OSError if
-    the path cannot be opened or is not a regular file."""
+_OBJECT_KEYS = frozenset(("path", "build_id", "base", "unit"))
+_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
+
+
+def _checked_object(item: object) -> NativeObject:
+    if not isinstance(item, dict) or set(item) != _OBJECT_KEYS:
+        raise ValueError(f"an object has exactly the keys {sorted(_OBJECT_KEYS)}, not {item!r:.80}")
+    path, build_id, base_s, unit_s = (item[k] for k in ("path", "build_id", "base", "unit"))
+    if not isinstance(path, str) or not 0 < len(path) <= _MAX_PATH_CHARS or "\0" in path:
+        raise ValueError(f"path is a non-empty string without NUL, not {path!r:.80}")
+    path.encode("utf-8", "surrogateescape")  # a file name os could have given
+    if (
+        not isinstance(build_id, str)
+        or len(build_id) > 2 * _MAX_BUILD_ID_BYTES
+        or not _HEX_BYTES.fullmatch(build_id)
+    ):
+        raise ValueError(f"build_id is lowercase hex bytes (up to 64), not {build_id!r:.80}")
+    base = parse_pc(base_s) if isinstance(base_s, str) else None
+    unit = parse_pc(unit_s) if isinstance(unit_s, str) else None
+    if base is None or unit is None:
+        raise ValueError(f"base and unit are hex numbers, not {base_s!r:.40}, {unit_s!r:.40}")
+    want = native_unit(bytes.fromhex(build_id), path)
+    if unit != want:
+        raise ValueError(f"unit {unit:#x} is not the unit of that build-id and path ({want:#x})")
+    return NativeObject(path, build_id, base, unit)
+
+
+def read_pcs_table(path: str | os.PathLike[str]) -> PCsTable:
+    """Read a table written by ``write_pcs_table`` (version 1 or 2): its blocks and native
+    objects.  PCsTableError if it is not one; OSError if the path cannot be opened or is not a
+    regular file."""
     import json
 
     name = os.fsdecode(os.fspath(path))
@@ -208,10 +305,11 @@ def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
         raise PCsTableError(f"{name}: not a kcovx PC table ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
         raise PCsTableError(f"{name}: not a kcovx PC table")
-    if doc.get("version") != TABLE_VERSION:
+    version = doc.get("version")
+    if type(version) is not int or version not in _READS_VERSIONS:
         raise PCsTableError(
-            f"{name}: PC table version {doc.get('version')!r:.40}, "
-            f"this kcovx reads version {TABLE_VERSION}"
+            f"{name}: PC table version {version!r:.40}, "
+            f"this kcovx reads versions {', '.join(map(str, _READS_VERSIONS))}"
         )
     rows = doc.get("blocks")
     if not isinstance(rows, list):
@@ -223,4 +321,23 @@ def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
         except ValueError as e:
             raise PCsTableError(f"{name}: malformed PC table (block {i}: {e})") from None
         out[block.pc] = block
-    return out
+    objects: list[NativeObject] = []
+    if version >= 2:
+        items = doc.get("objects")
+        if not isinstance(items, list) or len(items) > MAX_TABLE_OBJECTS:
+            raise PCsTableError(
+                f"{name}: malformed PC table (no list of at most {MAX_TABLE_OBJECTS} objects)"
+            )
+        for i, item in enumerate(items):
+            try:
+                objects.append(_checked_object(item))
+            except ValueError as e:
+                raise PCsTableError(f"{name}: malformed PC table (object {i}: {e})") from None
+    return PCsTable(out, objects)
+
+
+def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:
+    """The blocks of a table written by ``write_pcs_table``, by PC (``read_pcs_table`` also
+    gives its native objects).  PCsTableError if it is not one; OSError if the path cannot be
+    opened or is not a regular file."""
+    return read_pcs_table(path).blocks

@@ -558,3 +558,24 @@ def test_run_script_with_a_syntax_error_is_reported_as_python_does(project: Path
     assert r.returncode == plain.returncode == 1
     assert "SyntaxError" in r.stderr and "kcovx" not in r.stderr.replace("kcovx run", "")
     assert r.stderr.splitlines()[-1] == plain.stderr.splitlines()[-1]
+
+
+# -- symbolize: native PCs -------------------------------------------------------------------------
+
+
+def test_symbolize_native_pc_without_its_object(tmp_path: Path) -> None:
+    _hand_table(tmp_path / "kcovx.pcs")  # version 1: no native objects
+    native = 0x8123456700001000
+    r = kcovx_cli("symbolize", cwd=tmp_path, stdin=f"0x1000 {native:x}\n")
+    assert r.returncode == 1
+    assert r.stdout == "0x1000\n/src/m.py:1.1,2.5\n"
+    assert f"unknown PC {native:#x}: no native object recorded with unit 0x81234567" in r.stderr
+
+
+def test_cflags_ldflags_usage(tmp_path: Path) -> None:
+    r = kcovx_cli("cflags", "--no-cmp", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "-fsanitize-coverage=trace-pc -g\n"
+    r = kcovx_cli("cflags", "--bogus", cwd=tmp_path)
+    assert r.returncode == 2 and "--bogus" in r.stderr
+    r = kcovx_cli("--help", cwd=tmp_path)
+    assert "cflags" in r.stdout and "ldflags" in r.stdout

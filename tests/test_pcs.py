@@ -314,3 +314,44 @@ def test_pcs_table_fuzz(tmp_path: Path) -> None:
         outcomes["table"] += 1
     assert trials >= 100
     assert outcomes["error"] > 0
+
+
+# -- version 2: native objects ---------------------------------------------------------------------
+
+
+def test_pcs_table_version_2_keeps_native_objects(tmp_path: Path) -> None:
+    from kcovx.sancov import NativeObject, native_unit
+
+    blocks = _blocks_of("pcs_test_objects")
+    objs = [
+        NativeObject(
+            "/lib/a.so", "0123" * 5, 0x7F0000001000, native_unit(bytes.fromhex("0123" * 5))
+        ),
+        NativeObject("/lib/\udcff b.so", "", 0, native_unit(None, "/lib/\udcff b.so")),
+    ]
+    path = tmp_path / "t.pcs"
+    assert kcovx.write_pcs_table(path, blocks, objects=objs) == len(blocks)
+    doc = json.loads(path.read_text(encoding="ascii"))
+    assert doc["version"] == pcs.TABLE_VERSION == 2
+    table = pcs.read_pcs_table(path)
+    assert table.objects == objs
+    assert table.blocks == kcovx.load_pcs_table(path) == {b.pc: b for b in blocks}
+    # By default, the objects this process recorded from.
+    kcovx.write_pcs_table(path, blocks)
+    assert pcs.read_pcs_table(path).objects == kcovx.sancov.objects()
+
+
+def test_pcs_table_version_1_still_reads(tmp_path: Path) -> None:
+    blocks = _blocks_of("pcs_test_v1")
+    rows = [[f"{b.pc:#018x}", *b[1:]] for b in blocks]
+    path = tmp_path / "v1.pcs"
+    path.write_text(json.dumps({"format": "kcovx-pcs-table", "version": 1, "blocks": rows}))
+    assert kcovx.load_pcs_table(path) == {b.pc: b for b in blocks}
+    assert pcs.read_pcs_table(path).objects == []
+    # A version 1 table with objects does not have them read; version 2 needs them.
+    for version, want in ((True, "version True"), (2, "no list of at most")):
+        path.write_text(
+            json.dumps({"format": "kcovx-pcs-table", "version": version, "blocks": rows})
+        )
+        with pytest.raises(kcovx.PCsTableError, match=want):
+            kcovx.load_pcs_table(path)
