@@ -62,7 +62,7 @@ _LAZY = {
     "read_cover": "cover",
     "write_cover": "cover",
 }
-_LAZY_MODULES = frozenset({"cover", "instrument", "pcs"})
+_LAZY_MODULES = frozenset({"cover", "instrument", "pcs", "sancov"})
 
 
 def _submodule(name: str) -> Any:

@@ -68,6 +68,10 @@ class Summary:
     table_blocks: int
     # Matching modules loaded around kcovx's hook (pytest's assertion rewriting): not instrumented.
     foreign: list[str] = field(default_factory=list)
+    # Native PCs (kcovx.sancov): unique ones, and the objects (units) they are in.  Native code
+    # has no list of all its blocks, so no percentage; `kcovx symbolize` names them.
+    native: int = 0
+    native_objects: int = 0
 
     def format(self) -> str:
         lines = [
@@ -78,6 +82,11 @@ class Summary:
         for file, covered, known in self.files[:5]:
             pct = 100.0 * covered / known if known else 0.0
             lines.append(f"  {covered:6d}/{known:<6d} blocks {pct:5.1f}%  {file}")
+        if self.native:
+            lines.append(
+                f"  {self.native:6d} native PCs in {self.native_objects} native object(s) "
+                f"(kcovx symbolize names them)"
+            )
         if self.foreign:
             names = ", ".join(self.foreign[:5]) + (", ..." if len(self.foreign) > 5 else "")
             lines.append(
@@ -257,9 +266,10 @@ def summarize(
     foreign: Sequence[str] = (),
 ) -> Summary:
     unique = set(pcs_read)
+    native = {pc for pc in unique if pc >> 63}  # kcovx.sancov's rule: bit 63 set
     known: Counter[str] = Counter(b.file for b in pcs.blocks())
     covered: Counter[str] = Counter()
-    for pc in unique:
+    for pc in unique - native:
         with contextlib.suppress(LookupError):
             covered[pcs.symbolize(pc).file] += 1
     files = sorted(((f, n, known[f]) for f, n in covered.items()), key=lambda t: (-t[1], t[0]))
@@ -275,6 +285,8 @@ def summarize(
         table,
         table_blocks,
         list(foreign),
+        len(native),
+        len({pc >> 32 for pc in native}),
     )
 
 

@@ -67,10 +67,12 @@ def compile_args(cmp: bool = True, debug: bool = True) -> list[str]:
     """Compiler flags that instrument C/C++ code for kcovx (setuptools' ``extra_compile_args``).
 
     ``cmp`` adds comparison tracing (``trace-cmp``: ``KCOV_TRACE_CMP`` records); ``debug`` adds
-    ``-g`` so that ``kcovx symbolize`` can name the C line of each PC.
+    ``-g`` so that ``kcovx symbolize`` can name the C line of each PC, and ``debug=False`` adds
+    ``-g0``, which overrides the ``-g`` an interpreter's own CFLAGS often carry (setuptools
+    puts these flags after them).
     """
     kinds = "trace-pc,trace-cmp" if cmp else "trace-pc"
-    return [f"-fsanitize-coverage={kinds}", *(["-g"] if debug else [])]
+    return [f"-fsanitize-coverage={kinds}", "-g" if debug else "-g0"]
 
 
 def link_args() -> list[str]:
