@@ -37,7 +37,7 @@ from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
-from libc.stdint cimport SIZE_MAX, UINT64_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport SIZE_MAX, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -62,9 +62,12 @@ cdef extern from "kcovx_rt.h" nogil:
         kcovx_area_t trace
         uint64_t *bitmap
         uint64_t nbits
-    kcovx_unique_t *kcovx_tls_unique_target
+    const uint64_t KCOVX_NO_INDEX
+    bint kcovx_is_unique(const kcovx_area_t *target) noexcept
+    kcovx_unique_t *kcovx_unique_of(kcovx_area_t *target) noexcept
     void kcovx_unique_record(kcovx_unique_t *u, uint64_t idx, uint64_t pc) noexcept
     void kcovx_rt_set_unique(kcovx_unique_t *u)
+    uint64_t kcovx_rt_reserve_indices(uint64_t n)
     ctypedef struct kcovx_rt_object_t:
         uintptr_t lo
         uintptr_t span
@@ -212,16 +215,16 @@ cdef inline int _pending_add(uint64_t pc) noexcept nogil:
 # is the same one increment.
 cdef uint32_t *_marks = NULL
 cdef uint64_t _marks_cap = 0
-cdef uint64_t _next_index = 0
 cdef uint32_t _mark_epoch = 1
 
 
 cdef int _reserve_indices(uint64_t n, uint64_t *base) except -1:
     """Take n dense block indices; *base is the first.  MemoryError if the stamps cannot grow."""
-    global _marks, _marks_cap, _next_index
-    cdef uint64_t need = _next_index + n, cap = _marks_cap
+    global _marks, _marks_cap
+    cdef uint64_t first = kcovx_rt_reserve_indices(n)  # shared with native call sites
+    cdef uint64_t need = first + n, cap = _marks_cap
     cdef uint32_t *grown
-    if need < _next_index or need > SIZE_MAX / sizeof(uint32_t) / 2:
+    if need < first or need > SIZE_MAX / sizeof(uint32_t) / 2:
         raise MemoryError("kcovx: too many instrumented blocks")
     if need > cap:
         cap = cap * 2 if cap else 4096
@@ -233,8 +236,7 @@ cdef int _reserve_indices(uint64_t n, uint64_t *base) except -1:
         memset(grown + _marks_cap, 0, (cap - _marks_cap) * sizeof(uint32_t))
         _marks = grown
         _marks_cap = cap
-    base[0] = _next_index
-    _next_index = need
+    base[0] = first
     return 0
 
 
@@ -435,13 +437,11 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
     """What trace_pc records, for both entry points; with the GIL held.  -1: no memory.
     A PC without a block index appends every hit in unique mode."""
     cdef kcovx_area_t *t = kcovx_tls_pc_target
-    cdef kcovx_unique_t *u
     if t != NULL:
-        kcovx_append_pc(t, pc)
-    else:
-        u = kcovx_tls_unique_target
-        if u != NULL:
-            kcovx_unique_record(u, UINT64_MAX, pc)
+        if not kcovx_is_unique(t):
+            kcovx_append_pc(t, pc)
+        else:
+            kcovx_unique_record(kcovx_unique_of(t), KCOVX_NO_INDEX, pc)
     if kcovx_rt_collecting:
         return _pending_add(pc)
     return 0
@@ -450,13 +450,11 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
 cdef inline int _record_block(uint64_t idx, uint64_t pc) noexcept:
     """What a Probe records for its block of dense index idx (pc its PC); as _record_pc."""
     cdef kcovx_area_t *t = kcovx_tls_pc_target
-    cdef kcovx_unique_t *u
     if t != NULL:
-        kcovx_append_pc(t, pc)
-    else:
-        u = kcovx_tls_unique_target
-        if u != NULL:
-            kcovx_unique_record(u, idx, pc)
+        if not kcovx_is_unique(t):
+            kcovx_append_pc(t, pc)
+        else:
+            kcovx_unique_record(kcovx_unique_of(t), idx, pc)
     if kcovx_rt_collecting and _marks[idx] != _mark_epoch:
         if _pending_add(pc) < 0:
             return -1
@@ -564,14 +562,14 @@ def trace_pcs(pcs):
     # Read the target only now: getting the buffer can run Python code (a __buffer__ method)
     # that disables the device and frees the area the thread was recording to.
     t = kcovx_tls_pc_target
-    u = kcovx_tls_unique_target
     try:
         n = <uint64_t> (view.len // sizeof(uint64_t))
         p = <const uint64_t *> view.buf
-        if u != NULL:
+        if t != NULL and kcovx_is_unique(t):
+            u = kcovx_unique_of(t)
             for i in range(n):
-                kcovx_unique_record(u, UINT64_MAX, p[i])
-        if t != NULL:
+                kcovx_unique_record(u, KCOVX_NO_INDEX, p[i])
+        elif t != NULL:
             if n >= _NOGIL_THRESHOLD:
                 with nogil:
                     kcovx_append_pcs(t, p, n)

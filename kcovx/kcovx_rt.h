@@ -9,8 +9,9 @@
  * probes must see the same state:
  *
  * - The per-thread recording targets of the linux profile: kcovx_tls_pc_target is the area of
- *   the device this thread enabled in KCOVX_MODE_TRACE_PC, kcovx_tls_cmp_target the one it
- *   enabled in KCOVX_MODE_TRACE_CMP; NULL when none; at most one is set.  Each is read and
+ *   the device this thread enabled in KCOVX_MODE_TRACE_PC (or, tagged, its unique-mode layout:
+ *   see KCOVX_UNIQUE_TAG below), kcovx_tls_cmp_target the one it enabled in
+ *   KCOVX_MODE_TRACE_CMP; NULL when none; at most one is set.  Each is read and
  *   written only by its own thread (the core sets it through kcovx_rt_set_target on behalf of
  *   the Python layer), so it needs no lock; the Python layer holds a reference to the Area
  *   while it is a target, so the pointer never outlives the mapping.  initial-exec TLS: one
@@ -72,9 +73,16 @@ KCOVX_RT_TLS kcovx_area_t *kcovx_tls_cmp_target;
  * KCOV_UNIQUE_ENABLE (linux profile): the area starts with a bitmap of `nbits` bits, one per
  * dense block index; the trace (count, then PCs) follows it.  The first hit of a block whose
  * index is inside the bitmap sets its bit and appends its PC; later hits append nothing; a
- * block without an index inside the bitmap appends every hit.  A thread's unique target is
- * set instead of, never with, its PC/CMP targets; one writer, as for any area (the bitmap is
- * the user's too: a reset zeroes it).
+ * block without an index inside the bitmap appends every hit.  One writer, as for any area
+ * (the bitmap is the user's too: a reset zeroes it).
+ *
+ * A thread in unique mode has kcovx_tls_pc_target pointing at its kcovx_unique_t with the
+ * low bit set (KCOVX_UNIQUE_TAG; the struct is 8-byte aligned), so that "nothing enabled"
+ * stays one thread-local load and a branch.
+ *
+ * Dense block indices: every instrumented block has one, from one counter per process
+ * (kcovx_rt_reserve_indices): Python probes take a range each when made; a native call site
+ * takes the next one on its first hit (clang's guards take a range at load).
  */
 typedef struct kcovx_unique {
     kcovx_area_t trace; /* words[0] is the trace's count: the area's word bitmap_words */
@@ -82,9 +90,20 @@ typedef struct kcovx_unique {
     uint64_t nbits;     /* 64 * bitmap words */
 } kcovx_unique_t;
 
-KCOVX_RT_TLS kcovx_unique_t *kcovx_tls_unique_target;
+#define KCOVX_UNIQUE_TAG ((uintptr_t)1)
+#define KCOVX_NO_INDEX UINT64_MAX
 
-/* Record block idx (pc its PC) in unique mode; idx UINT64_MAX: no index (every hit). */
+KCOVX_INLINE kcovx_unique_t *kcovx_unique_of(kcovx_area_t *target)
+{
+    return (kcovx_unique_t *)((uintptr_t)target & ~KCOVX_UNIQUE_TAG);
+}
+
+KCOVX_INLINE int kcovx_is_unique(const kcovx_area_t *target)
+{
+    return ((uintptr_t)target & KCOVX_UNIQUE_TAG) != 0;
+}
+
+/* Record block idx (pc its PC) in unique mode; idx KCOVX_NO_INDEX: no index (every hit). */
 KCOVX_INLINE void kcovx_unique_record(kcovx_unique_t *u, uint64_t idx, uint64_t pc)
 {
     if (idx < u->nbits) {
@@ -109,6 +128,7 @@ typedef struct kcovx_rt_object {
     uintptr_t base;     /* load bias (dl_iterate_phdr's dlpi_addr) */
     uint64_t unit;      /* upper 32 bits of its PCs */
     uint64_t *marks;    /* gvisor: one bit per byte of [lo, lo + span); NULL if no memory */
+    uint32_t *sites;    /* dense index + 1 of the call site at each byte; 0: none yet */
     uint32_t build_id_len;
     uint8_t build_id[64];
     char path[4096];    /* as the loader names it; /proc/self/exe resolved for the program */
@@ -122,6 +142,9 @@ void kcovx_rt_set_target(kcovx_area_t *area, int mode);
 
 /* Make u the calling thread's only target (unique mode), or clear every target (NULL). */
 void kcovx_rt_set_unique(kcovx_unique_t *u);
+
+/* Take n consecutive dense block indices; returns the first.  Any thread. */
+uint64_t kcovx_rt_reserve_indices(uint64_t n);
 
 /* gvisor: turn collecting on (allocating the order buffers on first use: -1, nothing changed,
    on no memory) or off (and forget what was pending).  With the GIL. */

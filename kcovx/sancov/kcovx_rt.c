@@ -12,7 +12,9 @@
  *   linux profile: the PC (trace-pc, trace-pc-guard) appended to the calling thread's
  *     TRACE_PC area, or the comparison record(s) (trace-cmp, const-cmp, switch) appended to
  *     its TRACE_CMP area, with kcovx.h's appends (so Python and native events of one thread
- *     interleave in one ordered trace, and a record goes in only if it fits);
+ *     interleave in one ordered trace, and a record goes in only if it fits); in unique mode
+ *     (KCOV_UNIQUE_ENABLE) the PC of a call site's first hit only, by its dense index (a
+ *     call site is numbered on its first hit in unique mode, a guard at load);
  *   gvisor profile: the PC added to the global covered set (kcovx_rt.h).
  * Float comparisons (gcc's trace_cmpf/cmpd) record nothing: kcov's ABI has no float records.
  *
@@ -63,7 +65,6 @@
 
 EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_pc_target;
 EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_cmp_target;
-EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_unique_t *kcovx_tls_unique_target;
 EXPORT int kcovx_rt_collecting;
 
 /* ------------------------------------------------------------------------------------------
@@ -72,6 +73,7 @@ EXPORT int kcovx_rt_collecting;
 #define MAX_OBJECTS 512
 
 static kcovx_rt_object_t objects[MAX_OBJECTS];
+static uint64_t next_index; /* the next dense block index (kcovx_rt.h) */
 static size_t n_objects; /* published with release */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t dropped;
@@ -203,6 +205,9 @@ NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
             void *m = mmap(NULL, bytes ? bytes : 8, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             slot->marks = m == MAP_FAILED ? NULL : (uint64_t *)m;
+            m = mmap(NULL, slot->span ? slot->span * sizeof(uint32_t) : 8,
+                     PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            slot->sites = m == MAP_FAILED ? NULL : (uint32_t *)m;
             __atomic_store_n(&n_objects, n_objects + 1, __ATOMIC_RELEASE);
             o = slot;
         }
@@ -389,13 +394,41 @@ NOCOV static void gvisor_add(uintptr_t ra)
         __atomic_fetch_and(w, ~m, __ATOMIC_RELAXED);
 }
 
+/* The dense index of the call site returning to ra: taken on its first hit. */
+NOCOV static uint64_t site_index(const kcovx_rt_object_t *o, uintptr_t ra)
+{
+    uint32_t *slot, v, want;
+    if (UNLIKELY(o == NULL || o->sites == NULL))
+        return KCOVX_NO_INDEX;
+    slot = &o->sites[ra - o->lo];
+    v = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (LIKELY(v != 0))
+        return v - 1;
+    want = (uint32_t)(kcovx_rt_reserve_indices(1) + 1);
+    if (UNLIKELY(want == 0))
+        return KCOVX_NO_INDEX; /* past 2**32 - 1 indices */
+    if (__atomic_compare_exchange_n(slot, &v, want, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return want - 1;
+    return v - 1; /* another thread numbered it first (the index taken here stays unused) */
+}
+
+NOCOV static void record_unique(kcovx_area_t *t, uintptr_t ra)
+{
+    const kcovx_rt_object_t *o = object_of(ra);
+    kcovx_unique_record(kcovx_unique_of(t), site_index(o, ra), pc_in(o, ra));
+}
+
 NOCOV static inline void record_pc(uintptr_t ra)
 {
     kcovx_area_t *t = kcovx_tls_pc_target;
     if (LIKELY(t == NULL) && LIKELY(!__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED)))
         return;
-    if (t != NULL)
-        kcovx_append_pc(t, pc_in(object_of(ra), ra));
+    if (t != NULL) {
+        if (LIKELY(!kcovx_is_unique(t)))
+            kcovx_append_pc(t, pc_in(object_of(ra), ra));
+        else
+            record_unique(t, ra);
+    }
     if (__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED))
         gvisor_add(ra);
 }
@@ -469,25 +502,40 @@ HOOK void __sanitizer_cov_trace_switch(uint64_t val, uint64_t *cases)
 HOOK void __sanitizer_cov_trace_cmpf(float a, float b) { (void)a, (void)b; }
 HOOK void __sanitizer_cov_trace_cmpd(double a, double b) { (void)a, (void)b; }
 
-/* clang's trace-pc-guard: each guard gets a non-zero number at load; a guard's hook records
-   like trace_pc.  A guard the program zeroed records nothing (the sanitizer convention). */
-static uint32_t next_guard;
+/* clang's trace-pc-guard: each guard gets a non-zero number at load, its block's dense index
+   + 1; a guard's hook records like trace_pc.  A guard the program zeroed records nothing (the
+   sanitizer convention). */
 
 HOOK void __sanitizer_cov_trace_pc_guard_init(uint32_t *start, uint32_t *stop)
 {
+    uint64_t base;
     uint32_t *g;
     if (start == stop || *start)
         return;
-    pthread_mutex_lock(&reg_lock);
-    for (g = start; g < stop; g++)
-        *g = ++next_guard ? next_guard : ++next_guard;
-    pthread_mutex_unlock(&reg_lock);
+    /* guard = dense index + 1, so a guard's number is its block's index (unique mode) */
+    base = kcovx_rt_reserve_indices((uint64_t)(stop - start));
+    for (g = start; g < stop; g++, base++)
+        *g = base + 1 <= UINT32_MAX ? (uint32_t)(base + 1) : UINT32_MAX;
 }
 
 HOOK void __sanitizer_cov_trace_pc_guard(uint32_t *guard)
 {
-    if (*guard)
-        record_pc(RET_IP());
+    uint32_t v = *guard;
+    kcovx_area_t *t;
+    uintptr_t ra;
+    if (v == 0)
+        return;
+    t = kcovx_tls_pc_target;
+    ra = RET_IP();
+    if (UNLIKELY(t != NULL && kcovx_is_unique(t))) {
+        const kcovx_rt_object_t *o = object_of(ra);
+        kcovx_unique_record(kcovx_unique_of(t), v == UINT32_MAX ? KCOVX_NO_INDEX : v - 1,
+                            pc_in(o, ra));
+        if (__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED))
+            gvisor_add(ra);
+        return;
+    }
+    record_pc(ra);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -499,7 +547,6 @@ EXPORT NOCOV void kcovx_rt_set_target(kcovx_area_t *area, int mode)
 {
     kcovx_tls_pc_target = NULL;
     kcovx_tls_cmp_target = NULL;
-    kcovx_tls_unique_target = NULL;
     if (area != NULL && mode == KCOVX_MODE_TRACE_PC)
         kcovx_tls_pc_target = area;
     else if (area != NULL && mode == KCOVX_MODE_TRACE_CMP)
@@ -508,9 +555,13 @@ EXPORT NOCOV void kcovx_rt_set_target(kcovx_area_t *area, int mode)
 
 EXPORT NOCOV void kcovx_rt_set_unique(kcovx_unique_t *u)
 {
-    kcovx_tls_pc_target = NULL;
     kcovx_tls_cmp_target = NULL;
-    kcovx_tls_unique_target = u;
+    kcovx_tls_pc_target = u ? (kcovx_area_t *)((uintptr_t)u | KCOVX_UNIQUE_TAG) : NULL;
+}
+
+EXPORT NOCOV uint64_t kcovx_rt_reserve_indices(uint64_t n)
+{
+    return __atomic_fetch_add(&next_index, n, __ATOMIC_RELAXED);
 }
 
 EXPORT NOCOV size_t kcovx_rt_object_count(void)
