@@ -20,6 +20,7 @@ from _report import Judge, Table, Target, median, spread, spread_cell
 OLD = sys.version_info < (3, 12)  # 3.11: looser per-input targets, ns per block only shown
 GVISOR_GOAL = Target("<=1.8" if OLD else "<=1.5")  # per-input time / plain
 LINUX_GOAL = Target("<=2.0" if OLD else "<=1.7")
+GVISOR_VS_LINUX_GOAL = Target("<=1.0")  # issue 10: the gvisor set no slower than appending
 NS_PER_BLOCK_GOAL = Target("<=12")  # judged on 3.12+
 ATHERIS_GOAL = Target(">=2")  # kcovx execs/s / atheris execs/s
 IMPORT_GOAL = Target("<3")  # warm-cache import / plain import
@@ -97,6 +98,20 @@ def report_workload(wl: Workload, res: dict[str, ExecResult], configs: list[str]
             ratio["linux"],
             _ratios(res["linux"].us, plain),
             LINUX_GOAL,
+        ),
+        Row(
+            "linux-unique per-input / plain",
+            n,
+            ratio["unique"],
+            _ratios(res["unique"].us, plain),
+            GVISOR_GOAL,  # issue 10: the gvisor set's bar
+        ),
+        Row(
+            "gvisor per-input / linux per-input",
+            n,
+            median(res["gvisor"].us) / median(res["linux"].us),
+            _ratios(res["gvisor"].us, res["linux"].us),
+            GVISOR_VS_LINUX_GOAL,
         ),
         Row(
             "ns per recorded block (linux)",

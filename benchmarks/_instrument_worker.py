@@ -46,6 +46,7 @@ REPS = 3 if QUICK else 5  # timed repetitions inside one process
 REP_SECONDS = 0.03 if QUICK else 0.07  # target duration of one repetition
 WARM_SECONDS = 0.05 if QUICK else 0.15
 CALIB_N = 200_000  # iterations of the abs / trace_pc / empty loops
+UNIQUE_BITMAP_WORDS = 4096  # 262,144 block indices: more than every block a workload has
 
 
 def _is_kcovx_instrumented(mod: types.ModuleType) -> bool:
@@ -145,7 +146,7 @@ def _import_target(wl: Workload, config: str, info: dict[str, Any]) -> Any:
     if already:
         raise RuntimeError(f"{already} imported before the target was instrumented")
     cov = None
-    if config in ("nodev", "gvisor", "linux"):
+    if config in ("nodev", "gvisor", "linux", "unique"):
         with kcovx.instrument_imports(include=list(wl.include)):
             import_all(wl)
     elif config == "atheris":
@@ -200,6 +201,7 @@ def _check_live(config: str, mods: list[types.ModuleType], cov: Any, amap: _AflM
         "nodev": _is_kcovx_instrumented,
         "gvisor": _is_kcovx_instrumented,
         "linux": _is_kcovx_instrumented,
+        "unique": _is_kcovx_instrumented,
         "atheris": _is_atheris_instrumented,
     }.get(config)
     bad = [m.__name__ for m in mods if check is not None and not check(m)]
@@ -220,6 +222,13 @@ def worker_exec(wl: Workload, config: str) -> dict[str, Any]:
     if config in ("gvisor", "linux"):
         fz = Fuzzer(target, profile=config, text=wl.text)
         run: Callable[[bytes], object] = fz.run_one
+    elif config == "unique":  # KCOV_UNIQUE_ENABLE: reset_trace per input, first hits only
+        from kcovx import _area
+
+        if _area.Probe([]).base > 64 * UNIQUE_BITMAP_WORDS:  # the next free block index
+            raise RuntimeError("blocks past the unique bitmap: raise UNIQUE_BITMAP_WORDS")
+        fz = Fuzzer(target, profile="linux", size=1 << 17, text=wl.text, unique=UNIQUE_BITMAP_WORDS)
+        run = fz.run_one
     else:
         run = _plain_runner(target, wl.text)
     amap = None
@@ -241,7 +250,7 @@ def worker_exec(wl: Workload, config: str) -> dict[str, Any]:
             pcs = fz.run_one(d)
             counts.append(len(pcs))
             distinct.append(len(set(pcs.tolist())))
-        if max(counts) >= fz.device.size - 1:
+        if max(counts) >= fz.device.size - fz.unique - 1:
             raise RuntimeError("the area clipped: raise Fuzzer(size=...)")
         info["pcs_per_exec"] = statistics.fmean(counts)
         info["distinct_per_exec"] = statistics.fmean(distinct)

@@ -80,7 +80,7 @@ ROUNDS = 2 if QUICK else 7  # fresh processes per configuration and workload
 IMPORT_ROUNDS = 3 if QUICK else 11
 WORKER_TIMEOUT_S = 60
 
-EXEC_CONFIGS = ("plain", "nodev", "gvisor", "linux", "atheris", "ctrace", "afl")
+EXEC_CONFIGS = ("plain", "nodev", "gvisor", "linux", "unique", "atheris", "ctrace", "afl")
 IMPORT_MODES = ("plain", "source", "warm", "cold")
 PEER_MODULE = {"atheris": "atheris", "ctrace": "coverage", "afl": "afl"}
 

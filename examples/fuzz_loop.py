@@ -58,13 +58,20 @@ class Fuzzer:
         size: int = 1 << 16,
         text: bool = False,
         seed: int = 0,
+        unique: int = 0,
     ) -> None:
         self.target = target
         self.text = text
         self.device = kcovx.open(profile=profile)
         self.device.init_trace(size)
         self.area = self.device.mmap()
-        self.device.enable()
+        # unique > 0 (linux profile): KCOV_UNIQUE_ENABLE with a bitmap of that many words;
+        # each input then records each block once, and the trace follows the bitmap.
+        self.unique = unique
+        if unique:
+            self.device.unique_enable(unique)
+        else:
+            self.device.enable()
         self.rng = random.Random(seed)
         self.corpus: list[bytes] = []
         self.blocks: set[int] = set()
@@ -81,15 +88,19 @@ class Fuzzer:
     def run_one(self, data: bytes) -> np.ndarray:
         """Run one input; return its PCs (a view of the area, valid until the next input)."""
         area = self.area
-        area[0] = 0
+        base = self.unique  # the trace's count is the word after the bitmap
+        if base:
+            self.device.reset_trace()  # the bitmap and the count
+        else:
+            area[0] = 0
         try:
             self.target(data.decode("utf-8", "replace") if self.text else data)
         except Exception:
             self.errors += 1
         self.device.flush()
         self.execs += 1
-        n = int(area[0])
-        return area[1 : n + 1]
+        n = int(area[base])
+        return area[base + 1 : base + n + 1]
 
     def consider(self, data: bytes, pcs: np.ndarray) -> bool:
         """Keep ``data`` if its PCs cover a block not seen before."""
