@@ -687,7 +687,7 @@ def _native_pc_of(object addr):
 
 
 def _native_dropped():
-    """Native PCs the gvisor covered set could not take (no memory for marks, unknown code)."""
+    """Native PCs the gvisor covered set could not take (no memory for stamps, unknown code)."""
     return kcovx_rt_dropped()
 
 

@@ -18,14 +18,17 @@
  *   %fs-relative load per event (plus a GOT load in the core, which is another object).
  *
  * - The gvisor profile's covered set: each PC covered since the last consume, once, in the
- *   order first covered, shared by all threads.  Python PCs are deduplicated by the core's
- *   hash set (under the GIL); native PCs by one mark bit per code byte of their object, set
- *   with an atomic or, so native threads add without the GIL and without locks.  Both then
- *   reserve a slot in the current one of two order buffers (kcovx_rt_order_push); the consumer
- *   (kcovx_rt_consume, with the GIL) switches buffers, waits for the pushes still in flight on
- *   the old one (a few instructions each), and drains it.  The order buffers hold
- *   KCOVX_RT_ORDER_CAP PCs (gVisor's largest area): a PC beyond that in one period is dropped
- *   (its mark is undone, so a later hit tries again), as gVisor would drop it at the area's end.
+ *   order first covered, shared by all threads.  Python PCs are deduplicated by the core (a
+ *   stamp per dense block index, and a hash set for PCs without one, under the GIL); native
+ *   PCs by a stamp per code byte of their object: the number of the period in which that call
+ *   site was last pushed, compared with the current period's and set with a compare-and-swap,
+ *   so native threads add without the GIL and without locks, a repeat hit costs three loads,
+ *   and clearing is starting a new period: O(1).  Both then reserve a slot in the current one
+ *   of two order buffers (kcovx_rt_order_push); the consumer (kcovx_rt_consume, with the GIL)
+ *   gives the other buffer the next period number, switches to it, waits for the pushes still
+ *   in flight on the old one (a few instructions each), and drains it.  The order buffers
+ *   hold KCOVX_RT_ORDER_CAP PCs (gVisor's largest area): a PC beyond that in one period is
+ *   dropped, as gVisor would drop it at the area's end.
  *
  * - The native objects seen: each instrumented object (shared library or executable) whose
  *   hooks ran while something recorded, registered on its first such hook call.  A native
@@ -127,7 +130,7 @@ typedef struct kcovx_rt_object {
     uintptr_t span;     /* bytes from lo to the end of the last executable segment */
     uintptr_t base;     /* load bias (dl_iterate_phdr's dlpi_addr) */
     uint64_t unit;      /* upper 32 bits of its PCs */
-    uint64_t *marks;    /* gvisor: one bit per byte of [lo, lo + span); NULL if no memory */
+    uint64_t *stamps;   /* gvisor: per byte of [lo, lo + span), the period of its last push */
     uint32_t *sites;    /* dense index + 1 of the call site at each byte; 0: none yet */
     uint32_t build_id_len;
     uint8_t build_id[64];

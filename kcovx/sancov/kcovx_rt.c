@@ -22,7 +22,7 @@
  * any thread: a thread with nothing enabled (every thread kcovx did not enable, including
  * pthreads started from C) pays a thread-local load, a global load and two branches.  The
  * first hook call from an object not seen before registers it (dl_iterate_phdr, a mutex, an
- * mmap for the gvisor marks): that slow path runs once per object.  A hook interrupting this
+ * mmap for its gvisor stamps and site numbers): that slow path runs once per object.  A hook interrupting this
  * thread's own registration (a signal handler) records its PC under the unknown unit rather
  * than wait for itself.  fork: the registry lock is held across fork and the order buffers'
  * in-flight counts are reset in the child (the threads that held them are gone there).
@@ -201,10 +201,12 @@ NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
         struct search s = {addr, slot, 0};
         dl_iterate_phdr(search_cb, &s);
         if (s.found) {
-            size_t bytes = ((slot->span + 63) / 64) * sizeof(uint64_t);
-            void *m = mmap(NULL, bytes ? bytes : 8, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            slot->marks = m == MAP_FAILED ? NULL : (uint64_t *)m;
+            /* span entries each, reserved but untouched: only the pages of code that runs
+               become memory */
+            void *m = mmap(NULL, slot->span ? slot->span * sizeof(uint64_t) : 8,
+                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                           -1, 0);
+            slot->stamps = m == MAP_FAILED ? NULL : (uint64_t *)m;
             m = mmap(NULL, slot->span ? slot->span * sizeof(uint32_t) : 8,
                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             slot->sites = m == MAP_FAILED ? NULL : (uint32_t *)m;
@@ -244,70 +246,64 @@ struct order {
     uint64_t *buf;
     uint64_t n;        /* slots reserved (may run past the capacity) */
     uint64_t inflight; /* pushes between their reservation and their store */
+    uint64_t period;   /* the period whose PCs this buffer collects while current */
     int torn;          /* a fork child's copy, taken while some push was in flight */
 };
 
-static struct order orders[2];
+static struct order orders[2] = {{NULL, 0, 0, 1, 0}, {NULL, 0, 0, 0, 0}};
 static unsigned current;   /* which buffer pushes go to */
+static uint64_t last_period = 1;
 static int orders_ready;   /* buffers mapped (never unmapped) */
 
-EXPORT NOCOV int kcovx_rt_order_push(uint64_t pc)
+/* Announce a push on the current buffer (Dekker with the consumer, which switches first,
+   then waits for the old buffer's announced pushes); returns it.  Pair with leave(). */
+NOCOV static inline struct order *enter(void)
 {
-    struct order *o;
     unsigned g;
-    uint64_t i;
-    if (UNLIKELY(!__atomic_load_n(&orders_ready, __ATOMIC_ACQUIRE)))
-        return 0;
-    /* Dekker with the consumer: announce, then check the buffer is still current.  The
-       consumer switches first, then waits for the old buffer's announced pushes. */
     for (;;) {
         g = __atomic_load_n(&current, __ATOMIC_SEQ_CST);
         __atomic_fetch_add(&orders[g].inflight, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&current, __ATOMIC_SEQ_CST) == g)
-            break;
+            return &orders[g];
         __atomic_fetch_sub(&orders[g].inflight, 1, __ATOMIC_SEQ_CST);
     }
-    o = &orders[g];
-    i = __atomic_fetch_add(&o->n, 1, __ATOMIC_RELAXED);
+}
+
+NOCOV static inline void leave(struct order *o)
+{
+    __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELEASE);
+}
+
+NOCOV static inline int store(struct order *o, uint64_t pc)
+{
+    uint64_t i = __atomic_fetch_add(&o->n, 1, __ATOMIC_RELAXED);
     if (LIKELY(i < KCOVX_RT_ORDER_CAP))
         o->buf[i] = pc;
-    __atomic_fetch_sub(&o->inflight, 1, __ATOMIC_RELEASE);
     return i < KCOVX_RT_ORDER_CAP;
 }
 
-/* Undo a native PC's mark (its objects: more than one if two loaded objects share a unit). */
-NOCOV static void unmark(uint64_t pc)
+EXPORT NOCOV int kcovx_rt_order_push(uint64_t pc)
 {
-    size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
-    uint64_t unit = pc >> 32;
-    for (i = 0; i < n; i++) {
-        const kcovx_rt_object_t *o = &objects[i];
-        uintptr_t off;
-        if (o->unit != unit || o->marks == NULL)
-            continue;
-        off = o->base + (uint32_t)pc - o->lo;
-        if (off < o->span)
-            __atomic_fetch_and(&o->marks[off >> 6], ~((uint64_t)1 << (off & 63)),
-                               __ATOMIC_RELAXED);
-    }
-}
-
-NOCOV static void clear_all_marks(void)
-{
-    size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
-    for (i = 0; i < n; i++)
-        if (objects[i].marks != NULL)
-            memset(objects[i].marks, 0, ((objects[i].span + 63) / 64) * sizeof(uint64_t));
+    struct order *o;
+    int ok;
+    if (UNLIKELY(!__atomic_load_n(&orders_ready, __ATOMIC_ACQUIRE)))
+        return 0;
+    o = enter();
+    ok = store(o, pc);
+    leave(o);
+    return ok;
 }
 
 EXPORT NOCOV uint64_t kcovx_rt_consume(kcovx_area_t *area)
 {
     unsigned g;
     struct order *o;
-    uint64_t n, i, k = 0;
+    uint64_t n, k = 0;
     if (!orders_ready)
         return area != NULL && area->size ? kcovx_append_batch_gvisor(area, NULL, 0) : 0;
     g = __atomic_load_n(&current, __ATOMIC_SEQ_CST);
+    /* The next period's number first: a pusher that sees the switch sees it too. */
+    __atomic_store_n(&orders[g ^ 1u].period, ++last_period, __ATOMIC_RELAXED);
     __atomic_store_n(&current, g ^ 1u, __ATOMIC_SEQ_CST);
     o = &orders[g];
     while (__atomic_load_n(&o->inflight, __ATOMIC_SEQ_CST) != 0)
@@ -317,17 +313,13 @@ EXPORT NOCOV uint64_t kcovx_rt_consume(kcovx_area_t *area)
         n = KCOVX_RT_ORDER_CAP;
     if (UNLIKELY(o->torn)) {
         /* Some slot was reserved by a thread that did not survive the fork and holds a stale
-           word: the period is dropped, and every native mark with it (the slot's PC is
-           unknown), so the next hit of each PC records it again. */
-        clear_all_marks();
+           word: the period is dropped (its stamps name a period that is over, so the next
+           hit of each call site pushes it again). */
         o->torn = 0;
         n = 0;
     }
     if (area != NULL)
         k = kcovx_append_batch_gvisor(area, o->buf, n);
-    for (i = 0; i < n; i++)
-        if (o->buf[i] & KCOVX_NATIVE_BIT)
-            unmark(o->buf[i]);
     __atomic_store_n(&o->n, 0, __ATOMIC_RELEASE);
     return k;
 }
@@ -373,25 +365,34 @@ EXPORT NOCOV int kcovx_rt_set_collecting(int on)
 /* ------------------------------------------------------------------------------------------
  * Recording. */
 
-/* gvisor: mark a native PC covered; push it on its first hit since the last consume. */
+/* gvisor: push a native PC on its call site's first hit of the current period.  A stamp
+   equal to the current buffer's period means pushed already: if the buffer switches between
+   the two loads, the PC is in the batch being consumed, and the hit counts in that period. */
 NOCOV static void gvisor_add(uintptr_t ra)
 {
     const kcovx_rt_object_t *o = object_of(ra);
-    uintptr_t off;
-    uint64_t *w, m;
-    if (UNLIKELY(o == NULL || o->marks == NULL)) {
+    uint64_t *s, seen;
+    struct order *b;
+    if (UNLIKELY(o == NULL || o->stamps == NULL || !orders_ready)) {
         __atomic_fetch_add(&dropped, 1, __ATOMIC_RELAXED);
         return;
     }
-    off = ra - o->lo;
-    w = &o->marks[off >> 6];
-    m = (uint64_t)1 << (off & 63);
-    if (LIKELY(__atomic_load_n(w, __ATOMIC_RELAXED) & m))
+    s = &o->stamps[ra - o->lo];
+    seen = __atomic_load_n(s, __ATOMIC_RELAXED);
+    if (LIKELY(seen == __atomic_load_n(
+                           &orders[__atomic_load_n(&current, __ATOMIC_ACQUIRE)].period,
+                           __ATOMIC_RELAXED)))
         return;
-    if (__atomic_fetch_or(w, m, __ATOMIC_RELAXED) & m)
-        return;
-    if (!kcovx_rt_order_push(pc_in(o, ra)))
-        __atomic_fetch_and(w, ~m, __ATOMIC_RELAXED);
+    b = enter();
+    /* Inside the buffer's period now (the consumer waits for us before draining it). */
+    while (seen != b->period) {
+        if (__atomic_compare_exchange_n(s, &seen, b->period, 0, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+            store(b, pc_in(o, ra));
+            break;
+        }
+    }
+    leave(b);
 }
 
 /* The dense index of the call site returning to ra: taken on its first hit. */
