@@ -1,8 +1,12 @@
 /*
  * tests/native/nativecov.c: a small C extension built at test time with
- * kcovx.sancov.compile_args()/link_args() (tests/native/build.py).  Each function has a known
+ * kcovx.sancov.compile_args()/link_args() (tests/_native_support.py).  Each function has a known
  * shape, and lines the tests look up by their marker comments (LINE:name), so a trace can be
  * checked PC by PC and each PC symbolized to the right line.
+ *
+ * branch() is if-converted at -O2 (one basic block: its two arms are a setcc), so pick() is its
+ * counterpart whose arms stay separate blocks (each stores to its own volatile): the tests that
+ * need a PC per arm use pick().
  *
  * Threading: every function but the *_nogil ones runs with the GIL; those release it around
  * the instrumented work, and in_pthread runs it in a pthread that has no Python thread state.
@@ -36,6 +40,18 @@ __attribute__((noinline)) static int classify(int v)
     case 1000: return 10000;
     default: return -1;
     }
+}
+
+static volatile long pick_big_hits, pick_small_hits;
+
+__attribute__((noinline)) static int pick(long x)
+{
+    if (x > 10) {        /* LINE:pick_test */
+        pick_big_hits++; /* LINE:pick_big */
+        return 1;
+    }
+    pick_small_hits++; /* LINE:pick_small */
+    return 0;
 }
 
 /* Comparisons of each width against constants (const_cmp) and against variables (cmp). */
@@ -100,6 +116,27 @@ static PyObject *py_branches_nogil(PyObject *self, PyObject *arg)
     return PyLong_FromLong(s);
 }
 
+static PyObject *py_pick(PyObject *self, PyObject *arg)
+{
+    long x = PyLong_AsLong(arg);
+    if (x == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(pick(x));
+}
+
+/* pick(x) for x in 0..n-1, without the GIL. */
+static PyObject *py_picks_nogil(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg), s = 0;
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < n; i++)
+        s += pick(i);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(s);
+}
+
 static void *pthread_body(void *arg)
 {
     long *n = arg;
@@ -140,6 +177,8 @@ static PyMethodDef methods[] = {
     {"classify", py_classify, METH_O, "a switch over 3, 17, 1000"},
     {"cmp_all", py_cmp_all, METH_VARARGS, "comparisons of each width: constants, then a vs b"},
     {"branches_nogil", py_branches_nogil, METH_O, "branch(i) for i < n without the GIL"},
+    {"pick", py_pick, METH_O, "1 if x > 10 else 0, one block per arm"},
+    {"picks_nogil", py_picks_nogil, METH_O, "pick(i) for i < n without the GIL"},
     {"in_pthread", py_in_pthread, METH_O, "loop(n) + branch(n) in a pthread from C"},
     {"addresses", py_addresses, METH_NOARGS, "code addresses of the leaf functions"},
     {NULL, NULL, 0, NULL},
