@@ -14,12 +14,13 @@ the main thread and disabled by the ``devices`` fixture.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _kcovx_support import Devices
+from _kcovx_support import TIMEOUT, Devices
 from _native_support import NATIVECOV, Built, built, in_child
 
 import kcovx
@@ -360,6 +361,29 @@ def test_other_python_thread_records_nothing_here(devices: Devices, nc: Built) -
     )
     assert int(ow[0]) == n
     worker.call(other.disable)
+
+
+def test_concurrent_thread_without_gil_never_lands_in_trace(devices: Devices, nc: Built) -> None:
+    w = linux(devices)
+    ref = traced(w, lambda: nc.module.loop(3))
+    stop = threading.Event()
+    runs = [0]
+
+    def hammer() -> None:
+        while not stop.is_set():
+            nc.module.picks_nogil(50)  # releases the GIL: runs while the main thread records
+            runs[0] += 1
+
+    t = threading.Thread(target=hammer, name="native-hammer")
+    t.start()
+    try:
+        traces = [traced(w, lambda: nc.module.loop(3)) for _ in range(300)]
+    finally:
+        stop.set()
+        t.join(TIMEOUT)
+    assert not t.is_alive()
+    assert runs[0] > 0
+    assert all(tr == ref for tr in traces)
 
 
 def test_pthread_from_c_records_nothing_into_any_area(devices: Devices, nc: Built) -> None:
