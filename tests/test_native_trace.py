@@ -226,6 +226,41 @@ def test_switch_one_const_record_per_case(devices: Devices, nc: Built, v: int) -
     assert {r[3] >> 32 for r in got} == {unit_of(nc)}
 
 
+SWITCHES = {"classify8": (0, [7, 200, 250]), "classify64": (3, [5, 2**32, 2**64 - 16])}
+
+
+@pytest.mark.parametrize(
+    ("func", "v"),
+    [("classify8", 200), ("classify8", 0), ("classify64", 2**32), ("classify64", U64)],
+)
+def test_switch_widths(devices: Devices, nc: Built, func: str, v: int) -> None:
+    size, cases = SWITCHES[func]
+    w = linux(devices, KCOV_TRACE_CMP)
+    got = records(w, lambda: getattr(nc.module, func)(v))
+    at = pc(nc, nc.site(func, "trace_switch"))
+    ty = KCOV_CMP_SIZE(size) | KCOV_CMP_CONST
+    assert [r for r in got if r[3] == at] == [(ty, c, v, at) for c in cases]
+
+
+def test_switch_negative_int_operand_as_linux_writes_it(devices: Devices, nc: Built) -> None:
+    # Linux's __sanitizer_cov_trace_switch stores the u64 the compiler passes, unmasked: for an
+    # int, gcc sign-extends it, so the record's arg2 is the 64-bit two's complement of v
+    w = linux(devices, KCOV_TRACE_CMP)
+    got = records(w, lambda: nc.module.classify(-5))
+    at = pc(nc, nc.site("classify", "trace_switch"))
+    ty = KCOV_CMP_SIZE(2) | KCOV_CMP_CONST
+    assert [r for r in got if r[3] == at] == [(ty, c, 2**64 - 5, at) for c in (3, 17, 1000)]
+
+
+def test_float_comparisons_record_nothing(devices: Devices, nc: Built) -> None:
+    sites = {pc(nc, nc.site("fcmp", "trace_cmpd")), pc(nc, nc.site("fcmp", "trace_cmpf"))}
+    w = linux(devices, KCOV_TRACE_CMP)
+    got = records(w, lambda: (nc.module.fcmp(1.0, 2.0), nc.module.fcmp(3.0, 0.0)))
+    assert got  # the wrapper's integer comparisons are there ...
+    assert sites.isdisjoint(r[3] for r in got)  # ... fcmp's float ones are not
+    assert {r[3] for r in got} <= {pc(nc, s.offset) for s in nc.sites["py_fcmp"]}
+
+
 def test_trace_cmp_mode_has_no_pcs(devices: Devices, nc: Built) -> None:
     w = linux(devices, KCOV_TRACE_CMP)
     got = records(w, lambda: (nc.module.loop(5), nc.module.pick(20), nc.module.cmp_all(1, 1)))

@@ -54,6 +54,38 @@ __attribute__((noinline)) static int pick(long x)
     return 0;
 }
 
+/* Switches over the other operand widths: cases[1] is 8 and 64. */
+__attribute__((noinline)) static int classify8(uint8_t v)
+{
+    switch (v) { /* LINE:switch8 */
+    case 7: return 1;
+    case 200: return 2;
+    case 250: return 3;
+    default: return 0;
+    }
+}
+
+__attribute__((noinline)) static int classify64(uint64_t v)
+{
+    switch (v) { /* LINE:switch64 */
+    case 5: return 1;
+    case 0x100000000ull: return 2;
+    case 0xFFFFFFFFFFFFFFF0ull: return 3;
+    default: return 0;
+    }
+}
+
+/* Float comparisons: gcc emits trace_cmpf/trace_cmpd for them; kcov has no float records. */
+__attribute__((noinline)) static int fcmp(double d, float f)
+{
+    int r = 0;
+    if (d < 2.5) /* LINE:fcmp_d */
+        r |= 1;
+    if (f > 0.5f) /* LINE:fcmp_f */
+        r |= 2;
+    return r;
+}
+
 /* Comparisons of each width against constants (const_cmp) and against variables (cmp). */
 __attribute__((noinline)) static int cmp_all(uint8_t a8, uint16_t a16, uint32_t a32, uint64_t a64,
                                              uint8_t b8, uint16_t b16, uint32_t b32, uint64_t b64)
@@ -92,6 +124,31 @@ static PyObject *py_classify(PyObject *self, PyObject *arg)
     if (v == -1 && PyErr_Occurred())
         return NULL;
     return PyLong_FromLong(classify((int)v));
+}
+
+static PyObject *py_classify8(PyObject *self, PyObject *arg)
+{
+    unsigned long v = PyLong_AsUnsignedLong(arg);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(classify8((uint8_t)v));
+}
+
+static PyObject *py_classify64(PyObject *self, PyObject *arg)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(classify64((uint64_t)v));
+}
+
+static PyObject *py_fcmp(PyObject *self, PyObject *args)
+{
+    double d;
+    float f;
+    if (!PyArg_ParseTuple(args, "df", &d, &f))
+        return NULL;
+    return PyLong_FromLong(fcmp(d, f));
 }
 
 static PyObject *py_cmp_all(PyObject *self, PyObject *args)
@@ -175,6 +232,9 @@ static PyMethodDef methods[] = {
     {"branch", py_branch, METH_O, "1 if x > 10 else 0"},
     {"loop", py_loop, METH_O, "sum(range(n))"},
     {"classify", py_classify, METH_O, "a switch over 3, 17, 1000"},
+    {"classify8", py_classify8, METH_O, "a switch over a uint8_t: 7, 200, 250"},
+    {"classify64", py_classify64, METH_O, "a switch over a uint64_t: 5, 2**32, 2**64-16"},
+    {"fcmp", py_fcmp, METH_VARARGS, "double and float comparisons"},
     {"cmp_all", py_cmp_all, METH_VARARGS, "comparisons of each width: constants, then a vs b"},
     {"branches_nogil", py_branches_nogil, METH_O, "branch(i) for i < n without the GIL"},
     {"pick", py_pick, METH_O, "1 if x > 10 else 0, one block per arm"},
