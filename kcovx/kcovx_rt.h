@@ -78,7 +78,8 @@ typedef struct kcovx_rt_object {
     uintptr_t span;     /* bytes from lo to the end of the last executable segment */
     uintptr_t base;     /* load bias (dl_iterate_phdr's dlpi_addr) */
     uint64_t unit;      /* upper 32 bits of its PCs */
-    uint64_t *marks;    /* gvisor: one bit per byte of [lo, lo + span); NULL if no memory */
+    uint64_t *marks;    /* gvisor: one bit per byte of [lo, lo + span), shared by copies of
+                           one binary (same unit and layout); NULL if no memory */
     uint32_t build_id_len;
     uint8_t build_id[64];
     char path[4096];    /* as the loader names it; /proc/self/exe resolved for the program */

@@ -14,6 +14,7 @@ main thread and cleaned up by the ``devices`` fixture; subprocesses are bounded.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _kcovx_support import TIMEOUT, Devices, python
-from _native_support import NATIVE_DIR, NATIVECOV, Built, built
+from _native_support import NATIVE_DIR, NATIVECOV, Built, built, load
 
 import kcovx
 import kcovx.sancov
@@ -141,6 +142,28 @@ def test_gvisor_threads_without_gil_while_owner_flushes(devices: Devices, nc: Bu
     assert flushed(dev, v) == []
     nc.module.picks_nogil(30)
     assert flushed(dev, v) == ref
+
+
+def test_gvisor_two_copies_of_one_binary_push_each_pc_once(
+    devices: Devices, nc: Built, tmp_path: Path
+) -> None:
+    # the same file loaded from two paths: one build-id, so one unit and the same PCs; the
+    # covered set must still hold each PC once per period (regression: each copy had its own
+    # marks, and a PC both copies hit was pushed twice)
+    shutil.copy2(nc.path, tmp_path / nc.path.name)
+    twin = load("nativecov", tmp_path)
+    ref = first_hits(linux_trace(devices, lambda: nc.module.picks_nogil(30)))
+    dev, v = devices.enabled("gvisor", SIZE)
+    flushed(dev, v)
+    for _ in range(3):  # a new period each time: both copies, each PC once
+        nc.module.picks_nogil(30)
+        twin.picks_nogil(30)
+        assert flushed(dev, v) == ref
+    twin.picks_nogil(30)  # the copy alone
+    assert flushed(dev, v) == ref
+    paths = {Path(o.path).resolve(): o for o in kcovx.sancov.objects()}
+    a, b = paths[nc.path.resolve()], paths[(tmp_path / nc.path.name).resolve()]
+    assert a.unit == b.unit and a.base != b.base
 
 
 def test_gvisor_pthread_from_c_counts(devices: Devices, nc: Built) -> None:

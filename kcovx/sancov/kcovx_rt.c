@@ -185,6 +185,19 @@ NOCOV static int search_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 1;
 }
 
+/* An object already registered that is the same binary as o (the same unit and the same
+   layout of its executable segments: another copy of the file, loaded from another path), whose
+   marks o must share so that a PC the two have in common is pushed once per period. */
+NOCOV static const kcovx_rt_object_t *same_binary(const kcovx_rt_object_t *o)
+{
+    size_t i;
+    for (i = 0; i < n_objects; i++)
+        if (objects[i].unit == o->unit && objects[i].span == o->span &&
+            objects[i].lo - objects[i].base == o->lo - o->base && objects[i].marks != NULL)
+            return &objects[i];
+    return NULL;
+}
+
 NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
 {
     const kcovx_rt_object_t *o;
@@ -198,10 +211,15 @@ NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
         struct search s = {addr, slot, 0};
         dl_iterate_phdr(search_cb, &s);
         if (s.found) {
-            size_t bytes = ((slot->span + 63) / 64) * sizeof(uint64_t);
-            void *m = mmap(NULL, bytes ? bytes : 8, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            slot->marks = m == MAP_FAILED ? NULL : (uint64_t *)m;
+            const kcovx_rt_object_t *twin = same_binary(slot);
+            if (twin != NULL) {
+                slot->marks = twin->marks;
+            } else {
+                size_t bytes = ((slot->span + 63) / 64) * sizeof(uint64_t);
+                void *m = mmap(NULL, bytes ? bytes : 8, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                slot->marks = m == MAP_FAILED ? NULL : (uint64_t *)m;
+            }
             __atomic_store_n(&n_objects, n_objects + 1, __ATOMIC_RELEASE);
             o = slot;
         }
@@ -269,7 +287,8 @@ EXPORT NOCOV int kcovx_rt_order_push(uint64_t pc)
     return i < KCOVX_RT_ORDER_CAP;
 }
 
-/* Undo a native PC's mark (its objects: more than one if two loaded objects share a unit). */
+/* Undo a native PC's mark (its objects: more than one if two loaded objects share a unit;
+   copies of one binary share their marks, so clearing a bit twice is harmless). */
 NOCOV static void unmark(uint64_t pc)
 {
     size_t n = __atomic_load_n(&n_objects, __ATOMIC_ACQUIRE), i;
