@@ -457,6 +457,21 @@ def test_fork_child_records_nothing_into_parent_area(devices: Devices, nc: Built
     assert within(traced(w, lambda: nc.module.loop(4)), pcs_of(nc, "loop"))
 
 
+def test_fork_from_c_child_records_nothing_into_parent_area(devices: Devices, nc: Built) -> None:
+    # fork() called from C runs no Python fork hook: the runtime's own atfork handler must
+    # clear the child's targets, as the kernel gives a child no kcov (regression: the child
+    # of an instrumented fork kept the parent's target and wrote into the shared area)
+    dev, w = devices.enabled("linux", SIZE)
+    trace = traced(w, lambda: nc.module.fork_loop(4))
+    assert trace, "the parent's wrapper records"
+    assert set(trace) <= set(pcs_of(nc, "py_fork_loop"))
+    assert not set(trace) & (set(pcs_of(nc, "loop")) | set(pcs_of(nc, "branch")))
+    dev.disable()
+    cmp = linux(devices, KCOV_TRACE_CMP)
+    got = records(cmp, lambda: nc.module.fork_loop(4))
+    assert got and {r[3] for r in got} <= {pc(nc, s.offset) for s in nc.sites["py_fork_loop"]}
+
+
 def test_fork_child_enables_its_own_and_records(devices: Devices, nc: Built) -> None:
     dev = devices.open("linux")
     dev.init_trace(SIZE)

@@ -22,8 +22,9 @@
  * first hook call from an object not seen before registers it (dl_iterate_phdr, a mutex, an
  * mmap for the gvisor marks): that slow path runs once per object.  A hook interrupting this
  * thread's own registration (a signal handler) records its PC under the unknown unit rather
- * than wait for itself.  fork: the registry lock is held across fork and the order buffers'
- * in-flight counts are reset in the child (the threads that held them are gone there).
+ * than wait for itself.  fork: the registry lock is held across fork, the order buffers'
+ * in-flight counts are reset in the child (the threads that held them are gone there), and the
+ * child's thread records into no area (its targets are cleared: the kernel gives a child no kcov).
  *
  * Memory order.  Registry: records are written under reg_lock, then published by a release
  * store of the count; readers load the count with acquire and read records without a lock.
@@ -542,6 +543,11 @@ NOCOV static void after_fork_parent(void) { pthread_mutex_unlock(&reg_lock); }
 NOCOV static void after_fork_child(void)
 {
     int i;
+    /* The kernel gives a child no kcov.  Cleared here, inside fork() itself, because the
+       Python layer's fork hook runs later (instrumented code of an instrumented interpreter
+       runs before it), or never (fork() called from C). */
+    kcovx_tls_pc_target = NULL;
+    kcovx_tls_cmp_target = NULL;
     for (i = 0; i < 2; i++) {
         if (orders[i].inflight != 0)
             orders[i].torn = 1; /* its pusher is gone: see kcovx_rt_consume */

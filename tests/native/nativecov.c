@@ -10,11 +10,14 @@
  *
  * Threading: every function but the *_nogil ones runs with the GIL; those release it around
  * the instrumented work, and in_pthread runs it in a pthread that has no Python thread state.
+ * fork_loop forks from C: its child runs only instrumented C and _exit.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* Leaf functions: noinline so that each is its own call site sequence in every build. */
 __attribute__((noinline)) static int branch(long x)
@@ -219,6 +222,31 @@ static PyObject *py_in_pthread(PyObject *self, PyObject *arg)
     return PyLong_FromLong(n);
 }
 
+/* fork() from C (no Python fork hooks run): the child runs loop(n) and branch(n) and leaves
+   with _exit; the parent waits.  Returns the child's exit status. */
+static PyObject *py_fork_loop(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    pid_t pid;
+    int status = 0;
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    pid = fork();
+    if (pid < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (pid == 0) {
+        long r = loop(n) + branch(n);
+        _exit(r == -12345 ? 1 : 0);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (waitpid(pid, &status, 0) < 0)
+        status = -1;
+    Py_END_ALLOW_THREADS
+    if (status == -1)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
 /* The code addresses of the leaf functions, for tests that compare PCs with symbols. */
 static PyObject *py_addresses(PyObject *self, PyObject *unused)
 {
@@ -240,6 +268,7 @@ static PyMethodDef methods[] = {
     {"pick", py_pick, METH_O, "1 if x > 10 else 0, one block per arm"},
     {"picks_nogil", py_picks_nogil, METH_O, "pick(i) for i < n without the GIL"},
     {"in_pthread", py_in_pthread, METH_O, "loop(n) + branch(n) in a pthread from C"},
+    {"fork_loop", py_fork_loop, METH_O, "fork() from C; the child runs loop(n), branch(n)"},
     {"addresses", py_addresses, METH_NOARGS, "code addresses of the leaf functions"},
     {NULL, NULL, 0, NULL},
 };
