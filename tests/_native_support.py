@@ -141,7 +141,7 @@ def line_of(marker: str, source: Path = NATIVECOV) -> int:
 
 _FUNC_RE = re.compile(r"^([0-9a-f]+) <([^>]+)>:$")
 _INSN_RE = re.compile(r"^\s*([0-9a-f]+):\s*(.*)$")
-_HOOK_RE = re.compile(r"\bcall\s+[0-9a-f]+ <(__sanitizer_cov_\w+?)(?:@plt)?>")
+_HOOK_RE = re.compile(r"\bcallq?\s+[0-9a-f]+ <(__sanitizer_cov_\w+?)(?:@plt)?>")
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def _tool(name: str) -> str:
 
 
 def hook_sites(obj: Path) -> dict[str, list[HookSite]]:
-    """Function name (clone suffixes such as ``.isra.0`` stripped) -> its hook call sites in
-    address order, from ``objdump -d``."""
+    """Function name (clone suffixes such as ``.isra.0`` stripped; a ``.cold`` part is its own
+    ``name.cold`` entry) -> its hook call sites in address order, from ``objdump -d``."""
     out = subprocess.run(
         [_tool("objdump"), "-d", "--no-show-raw-insn", str(obj)],
         check=True,
@@ -176,7 +176,8 @@ def hook_sites(obj: Path) -> dict[str, list[HookSite]]:
     for line in out.splitlines():
         m = _FUNC_RE.match(line)
         if m:
-            func = m.group(2).split(".")[0]
+            name = m.group(2)
+            func = name.split(".")[0] + (".cold" if ".cold" in name else "")
             sites.setdefault(func, [])
             pending = None
             continue

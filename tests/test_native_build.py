@@ -51,7 +51,7 @@ def _calls_to_hooks(obj: Path) -> list[str]:
         timeout=120,
     ).stdout
     # a call to a hook (directly or through the PLT), not a jump inside a hook's own body
-    hook_call = re.compile(r"\bcall\s+[0-9a-f]+ <__sanitizer_cov_\w+(@plt)?>")
+    hook_call = re.compile(r"\bcallq?\s+[0-9a-f]+ <__sanitizer_cov_\w+(@plt)?>")
     return [line for line in out.splitlines() if hook_call.search(line)]
 
 
