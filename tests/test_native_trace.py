@@ -535,6 +535,20 @@ def test_python_and_native_interleave_in_one_trace(devices: Devices, nc: Built) 
     assert True not in kinds0[3:]
 
 
+def test_python_and_native_cmp_records_interleave(devices: Devices, nc: Built) -> None:
+    w = linux(devices, KCOV_TRACE_CMP)
+    native = records(w, lambda: nc.module.cmp_all(A, B))
+    first = (KCOV_CMP_SIZE(0) | KCOV_CMP_CONST, 1, 2, 0x1111)
+    last = (KCOV_CMP_SIZE(3), 3, 4, 0x2222)
+
+    def mixed() -> None:
+        kcovx.trace_cmp(*first)
+        nc.module.cmp_all(A, B)
+        kcovx.trace_cmp(*last)
+
+    assert records(w, mixed) == [first, *native, last]
+
+
 # ---------------------------------------------------------------------------------------------
 # No device
 
