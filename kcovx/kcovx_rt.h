@@ -130,8 +130,10 @@ typedef struct kcovx_rt_object {
     uintptr_t span;     /* bytes from lo to the end of the last executable segment */
     uintptr_t base;     /* load bias (dl_iterate_phdr's dlpi_addr) */
     uint64_t unit;      /* upper 32 bits of its PCs */
-    uint64_t *stamps;   /* gvisor: per byte of [lo, lo + span), the period of its last push */
-    uint32_t *sites;    /* dense index + 1 of the call site at each byte; 0: none yet */
+    uint64_t *stamps;   /* gvisor: per byte of [lo, lo + span), the period of its last push;
+                           shared by copies of one binary (same unit and layout) */
+    uint32_t *sites;    /* dense index + 1 of the call site at each byte; 0: none yet (shared
+                           as the stamps are) */
     uint32_t build_id_len;
     uint8_t build_id[64];
     char path[4096];    /* as the loader names it; /proc/self/exe resolved for the program */

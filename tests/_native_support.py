@@ -5,17 +5,29 @@ Owns no kcovx state.  ``build_extension`` copies the sources into a scratch fold
 written into the source tree), builds with setuptools in a subprocess (so a compiler failure
 is a test failure with its output, not a crash of the session), and ``load`` imports the
 result without touching sys.path.  ``line_of`` finds a ``/* LINE:name */`` marker's line.
+``hook_sites`` reads a built object's disassembly (binutils' objdump) for the PC each hook call
+site records, function by function, so tests can predict a trace exactly; ``build_id`` reads the
+GNU build-id with ``readelf -n``.  ``built`` builds and loads a test extension once per session
+(the test modules share it); ``in_child`` runs a function in a fork child.
 """
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import os
+import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -33,16 +45,17 @@ import sys
 from setuptools import Extension, setup
 import kcovx.sancov as sancov
 
-name, cmp, opt = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+name, kinds, opt = sys.argv[1], sys.argv[2], sys.argv[3]
 sources = sys.argv[4:]
 sys.argv[1:] = ["build_ext", "--inplace"]
+flags = ["-g"] if kinds == "none" else sancov.compile_args(cmp=kinds == "cmp")
 setup(
     name=name,
     ext_modules=[
         Extension(
             name,
             sources,
-            extra_compile_args=sancov.compile_args(cmp=cmp) + [opt],
+            extra_compile_args=flags + [opt],
             extra_link_args=sancov.link_args(),
         )
     ],
@@ -51,9 +64,17 @@ setup(
 
 
 def build_extension(
-    root: Path, name: str, sources: list[Path], cmp: bool = True, opt: str = "-O2"
+    root: Path,
+    name: str,
+    sources: list[Path],
+    cmp: bool = True,
+    opt: str = "-O2",
+    *,
+    instrument: bool = True,
 ) -> Path:
-    """Build extension ``name`` from ``sources`` with kcovx's flags into ``root``; returns root."""
+    """Build extension ``name`` from ``sources`` with kcovx's flags into ``root``; returns root.
+    ``instrument=False`` compiles without any -fsanitize-coverage flag (still linked with
+    ``link_args()``)."""
     root.mkdir(parents=True, exist_ok=True)
     copied = []
     for src in sources:
@@ -62,7 +83,8 @@ def build_extension(
     (root / "setup_native.py").write_text(textwrap.dedent(_SETUP), encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (KCOVX_ROOT, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "setup_native.py", name, "1" if cmp else "0", opt, *copied]
+    kinds = ("cmp" if cmp else "pc") if instrument else "none"
+    cmd = [sys.executable, "setup_native.py", name, kinds, opt, *copied]
     try:
         proc = subprocess.run(
             cmd,
@@ -112,3 +134,168 @@ def line_of(marker: str, source: Path = NATIVECOV) -> int:
         if tag in line or line.rstrip().endswith(f"LINE:{marker} */"):
             return n
     raise LookupError(f"no marker LINE:{marker} in {source}")
+
+
+# ---------------------------------------------------------------------------------------------
+# What a built object's code says: hook call sites, function ranges, build-id.
+
+_FUNC_RE = re.compile(r"^([0-9a-f]+) <([^>]+)>:$")
+_INSN_RE = re.compile(r"^\s*([0-9a-f]+):\s*(.*)$")
+_HOOK_RE = re.compile(r"\bcallq?\s+[0-9a-f]+ <(__sanitizer_cov_\w+?)(?:@plt)?>")
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """One call of a sanitizer-coverage hook: the hook's name and the offset a hook called there
+    records (the link-time address of the instruction after the call)."""
+
+    hook: str
+    offset: int
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"binutils' {name} is not installed")
+    return path
+
+
+def hook_sites(obj: Path) -> dict[str, list[HookSite]]:
+    """Function name (clone suffixes such as ``.isra.0`` stripped; a ``.cold`` part is its own
+    ``name.cold`` entry) -> its hook call sites in address order, from ``objdump -d``."""
+    out = subprocess.run(
+        [_tool("objdump"), "-d", "--no-show-raw-insn", str(obj)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    sites: dict[str, list[HookSite]] = {}
+    func: str | None = None
+    pending: str | None = None  # the hook of the previous instruction, if it was a hook call
+    for line in out.splitlines():
+        m = _FUNC_RE.match(line)
+        if m:
+            name = m.group(2)
+            func = name.split(".")[0] + (".cold" if ".cold" in name else "")
+            sites.setdefault(func, [])
+            pending = None
+            continue
+        m = _INSN_RE.match(line)
+        if m is None or func is None:
+            continue
+        addr = int(m.group(1), 16)
+        if pending is not None:
+            sites[func].append(HookSite(pending, addr))
+            pending = None
+        h = _HOOK_RE.search(m.group(2))
+        if h:
+            pending = h.group(1)
+    return sites
+
+
+def build_id(obj: Path) -> bytes:
+    """The GNU build-id of obj, from ``readelf -n``."""
+    out = subprocess.run(
+        [_tool("readelf"), "-n", str(obj)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    m = re.search(r"Build ID:\s*([0-9a-f]+)", out)
+    if m is None:
+        raise LookupError(f"{obj} has no GNU build-id note:\n{out}")
+    return bytes.fromhex(m.group(1))
+
+
+def undefined_dynamic_symbols(obj: Path) -> set[str]:
+    """The undefined symbols of obj's dynamic symbol table (``nm -D --undefined-only``)."""
+    out = subprocess.run(
+        [_tool("nm"), "-D", "--undefined-only", str(obj)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The test extensions, built once per session (whichever test module asks first).
+
+
+@dataclass(frozen=True)
+class Built:
+    """A built, loaded test extension and what its binary says."""
+
+    module: ModuleType
+    folder: Path  # the build folder (a subprocess imports from here)
+    path: Path  # the extension file
+    sites: dict[str, list[HookSite]]
+    build_id: bytes
+
+    def pcs(self, func: str, hook: str = "trace_pc") -> list[int]:
+        """Offsets of func's call sites of __sanitizer_cov_<hook>, in address order."""
+        return [s.offset for s in self.sites[func] if s.hook == f"__sanitizer_cov_{hook}"]
+
+    def site(self, func: str, hook: str) -> int:
+        """The offset of func's only call site of __sanitizer_cov_<hook>."""
+        (only,) = self.pcs(func, hook)
+        return only
+
+    def all_pcs(self, hook: str = "trace_pc") -> set[int]:
+        """Offsets of every call site of __sanitizer_cov_<hook> in the object."""
+        return {o for f in self.sites for o in self.pcs(f, hook)}
+
+
+_BUILT: dict[str, Built] = {}
+
+
+def built(
+    tmp_path_factory: pytest.TempPathFactory, name: str, source: Path, *, instrument: bool = True
+) -> Built:
+    """Build (once per session) and load the extension name from source."""
+    if name not in _BUILT:
+        folder = build_extension(
+            tmp_path_factory.mktemp(f"build-{name}"), name, [source], instrument=instrument
+        )
+        path = built_path(name, folder)
+        _BUILT[name] = Built(load(name, folder), folder, path, hook_sites(path), build_id(path))
+    return _BUILT[name]
+
+
+def in_child(fn: Callable[[], object], timeout: float = 30.0) -> object:
+    """Run fn in a fork child; return its JSON-able result, or fail with the child's error.
+    The child leaves with os._exit; a late child is killed."""
+    assert threading.active_count() == 1, "fork with threads alive"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 0
+        try:
+            os.close(r)
+            try:
+                out: dict[str, object] = {"ok": fn()}
+            except BaseException as exc:
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+                status = 1
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("fork child timed out")
+            data = os.read(r, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks) or b"{}")
+    if "error" in out or "ok" not in out:
+        pytest.fail(f"fork child failed: {out}")
+    return out["ok"]

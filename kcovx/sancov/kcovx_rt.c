@@ -24,8 +24,9 @@
  * first hook call from an object not seen before registers it (dl_iterate_phdr, a mutex, an
  * mmap for its gvisor stamps and site numbers): that slow path runs once per object.  A hook interrupting this
  * thread's own registration (a signal handler) records its PC under the unknown unit rather
- * than wait for itself.  fork: the registry lock is held across fork and the order buffers'
- * in-flight counts are reset in the child (the threads that held them are gone there).
+ * than wait for itself.  fork: the registry lock is held across fork, the order buffers'
+ * in-flight counts are reset in the child (the threads that held them are gone there), and the
+ * child's thread records into no area (its targets are cleared: the kernel gives a child no kcov).
  *
  * Memory order.  Registry: records are written under reg_lock, then published by a release
  * store of the count; readers load the count with acquire and read records without a lock.
@@ -188,6 +189,19 @@ NOCOV static int search_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 1;
 }
 
+/* An object already registered that is the same binary as o (the same unit and the same
+   layout of its executable segments: another copy of the file, loaded from another path), whose
+   stamps and site numbers o must share so that a PC the two have in common is pushed once per period. */
+NOCOV static const kcovx_rt_object_t *same_binary(const kcovx_rt_object_t *o)
+{
+    size_t i;
+    for (i = 0; i < n_objects; i++)
+        if (objects[i].unit == o->unit && objects[i].span == o->span &&
+            objects[i].lo - objects[i].base == o->lo - o->base && objects[i].stamps != NULL)
+            return &objects[i];
+    return NULL;
+}
+
 NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
 {
     const kcovx_rt_object_t *o;
@@ -201,15 +215,24 @@ NOCOV static const kcovx_rt_object_t *register_object(uintptr_t addr)
         struct search s = {addr, slot, 0};
         dl_iterate_phdr(search_cb, &s);
         if (s.found) {
-            /* span entries each, reserved but untouched: only the pages of code that runs
-               become memory */
-            void *m = mmap(NULL, slot->span ? slot->span * sizeof(uint64_t) : 8,
-                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                           -1, 0);
-            slot->stamps = m == MAP_FAILED ? NULL : (uint64_t *)m;
-            m = mmap(NULL, slot->span ? slot->span * sizeof(uint32_t) : 8,
-                     PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            slot->sites = m == MAP_FAILED ? NULL : (uint32_t *)m;
+            /* Copies of one binary (same unit and layout) share their stamps and site
+               numbers: their PCs are the same, so they are one call site each.  Otherwise
+               span entries each, reserved but untouched: only the pages of code that runs
+               become memory. */
+            const kcovx_rt_object_t *twin = same_binary(slot);
+            if (twin != NULL) {
+                slot->stamps = twin->stamps;
+                slot->sites = twin->sites;
+            } else {
+                void *m = mmap(NULL, slot->span ? slot->span * sizeof(uint64_t) : 8,
+                               PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                slot->stamps = m == MAP_FAILED ? NULL : (uint64_t *)m;
+                m = mmap(NULL, slot->span ? slot->span * sizeof(uint32_t) : 8,
+                         PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                         -1, 0);
+                slot->sites = m == MAP_FAILED ? NULL : (uint32_t *)m;
+            }
             __atomic_store_n(&n_objects, n_objects + 1, __ATOMIC_RELEASE);
             o = slot;
         }
@@ -584,6 +607,11 @@ NOCOV static void after_fork_parent(void) { pthread_mutex_unlock(&reg_lock); }
 NOCOV static void after_fork_child(void)
 {
     int i;
+    /* The kernel gives a child no kcov.  Cleared here, inside fork() itself, because the
+       Python layer's fork hook runs later (instrumented code of an instrumented interpreter
+       runs before it), or never (fork() called from C). */
+    kcovx_tls_pc_target = NULL;
+    kcovx_tls_cmp_target = NULL;
     for (i = 0; i < 2; i++) {
         if (orders[i].inflight != 0)
             orders[i].torn = 1; /* its pusher is gone: see kcovx_rt_consume */
