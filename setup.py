@@ -5,6 +5,8 @@ Two artifacts:
 - ``kcovx/sancov/libkcovx_rt.so`` (soname ``libkcovx_rt.so``): the sanitizer-coverage
   runtime, plain C with no Python dependency, built from ``kcovx/sancov/kcovx_rt.c``.  It owns
   the recording state (``kcovx/kcovx_rt.h``).
+- ``kcovx/sancov/kcovx_dso.o``: a stub every instrumented object links (its destructor tells
+  the runtime the object is unloaded).
 - ``kcovx._area``: the Cython core, linked against the runtime with the rpath
   ``$ORIGIN/sancov``, so ``import kcovx`` loads it and instrumented objects bind to the same copy.
 
@@ -29,6 +31,9 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_SONAME = "libkcovx_rt.so"
 RUNTIME_SOURCE = "kcovx/sancov/kcovx_rt.c"
+# Linked into every instrumented object (kcovx.sancov.link_args): tells the runtime of dlclose.
+DSO_STUB_SOURCE = "kcovx/sancov/kcovx_dso.c"
+DSO_STUB_OBJECT = "kcovx_dso.o"
 
 
 def _kept(flag):
@@ -71,6 +76,12 @@ class BuildExt(build_ext):
             libraries=["pthread"],
             extra_postargs=[f"-Wl,-soname,{RUNTIME_SONAME}", "-Wl,-z,nodelete"],
         )
+        (stub,) = self.compiler.compile(
+            [DSO_STUB_SOURCE],
+            output_dir=self.build_temp,
+            extra_postargs=["-O2", "-fPIC", "-fvisibility=hidden", "-g0"],  # adds no DWARF
+        )
+        self.copy_file(stub, os.path.join(lib_dir, DSO_STUB_OBJECT))
         for ext in self.extensions:
             if ext.name == "kcovx._area":
                 ext.extra_objects = [runtime]

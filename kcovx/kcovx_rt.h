@@ -175,8 +175,13 @@ const kcovx_rt_object_t *kcovx_rt_object_at(size_t i);
    return address would record it. */
 uint64_t kcovx_rt_pc_of(uintptr_t addr);
 
-/* PCs a native hook could not record in the gvisor set (no mark memory, unknown object). */
+/* PCs a native hook could not record in the gvisor set (no stamp memory, unknown object). */
 uint64_t kcovx_rt_dropped(void);
+
+/* The object containing code address addr is being unloaded (kcovx_dso.c's destructor):
+   forget it, so code loaded there later registers as itself.  Its record stays, with an empty
+   range; any thread. */
+void kcovx_rt_forget(uintptr_t addr);
 
 #ifdef __cplusplus
 }

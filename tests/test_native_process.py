@@ -420,11 +420,6 @@ def _plain_lib(folder: Path, name: str, body: str) -> Path:
     return out
 
 
-@pytest.mark.xfail(
-    reason="the runtime's object registry is never told of dlclose: an object loaded later "
-    "at the same addresses records under the unloaded object's unit",
-    strict=True,
-)
 def test_object_loaded_where_an_unloaded_one_was_gets_its_own_unit(
     devices: Devices, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 LIB_NAME: str = _area.RT_SONAME
+DSO_STUB = "kcovx_dso.o"
 NATIVE_UNKNOWN_UNIT: int = _area.NATIVE_UNKNOWN_UNIT
 _NATIVE_BIT: int = _area.NATIVE_BIT
 
@@ -79,10 +80,13 @@ def link_args() -> list[str]:
     """Linker flags that bind instrumented code to kcovx's runtime (``extra_link_args``).
 
     The library is recorded as needed even under ``--as-needed``, and found through an rpath to
-    this installation, so the object loads before or without ``import kcovx``.
+    this installation, so the object loads before or without ``import kcovx``.  The first
+    argument is ``kcovx_dso.o``, a stub whose destructor tells the runtime when the object is
+    unloaded, so that code loaded at its addresses later is not taken for it.
     """
     d = lib_dir()
     return [
+        os.path.join(d, DSO_STUB),  # its destructor tells the runtime of dlclose
         f"-L{d}",
         f"-Wl,-rpath,{d}",
         "-Wl,--push-state,--no-as-needed",

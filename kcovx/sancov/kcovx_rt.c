@@ -503,8 +503,10 @@ HOOK void __sanitizer_cov_trace_const_cmp8(uint64_t a, uint64_t b)
 /* cases[0]: number of cases, cases[1]: the operand's width in bits, cases[2..]: the case
    values.  One const record per case, {case value, operand}, as Linux writes them; widths
    other than 8/16/32/64 record nothing. */
-HOOK void __sanitizer_cov_trace_switch(uint64_t val, uint64_t *cases)
+HOOK void __sanitizer_cov_trace_switch(uint64_t val, void *case_table)
 {
+    /* void *: the type gcc's own declaration of the builtin has */
+    const uint64_t *cases = (const uint64_t *)case_table;
     kcovx_area_t *t = kcovx_tls_cmp_target;
     uint64_t type, i, pc;
     uintptr_t ra = RET_IP();
@@ -596,6 +598,19 @@ EXPORT NOCOV size_t kcovx_rt_object_count(void)
 EXPORT NOCOV const kcovx_rt_object_t *kcovx_rt_object_at(size_t i)
 {
     return i < kcovx_rt_object_count() ? &objects[i] : NULL;
+}
+
+EXPORT NOCOV void kcovx_rt_forget(uintptr_t addr)
+{
+    size_t n, i;
+    pthread_mutex_lock(&reg_lock);
+    n = n_objects;
+    for (i = 0; i < n; i++)
+        if (addr - objects[i].lo < objects[i].span)
+            /* an empty range matches no address: lookups (and every thread's last-object
+               cache, which checks the range each time) pass over it from now on */
+            __atomic_store_n(&objects[i].span, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&reg_lock);
 }
 
 EXPORT NOCOV uint64_t kcovx_rt_pc_of(uintptr_t addr) { return pc_in(object_of(addr), addr); }
