@@ -9,12 +9,15 @@ module the package uses: simplejson silently falls back to pure Python when its 
 then record per input in the linux profile (reset word 0, run, read words 1..count) and show
 that inputs taking different paths through the C code give different native PCs, that the
 same input gives the same ordered trace again (in this process and in another one), and that
-every native PC belongs to the extension's unit as kcovx.sancov.objects() reports it.
+every native PC belongs to the extension's unit as kcovx.sancov.objects() reports it.  Last,
+examples/native_fuzz.py runs briefly over each build (fixed seed and exec count) and must report
+Python and native blocks and a corpus grown beyond its seeds.
 
 The packages are imported from the build folders into this process (sys.path is restored
 after the import; the modules stay loaded).  The device is opened, enabled and closed by the
 test's own thread.  Marked slow: the two builds take several seconds (measured: about 2 s for
-simplejson and 3 s for msgpack on the reference machine).
+simplejson and 3 s for msgpack on an idle reference machine,
+the download and both builds 15-30 s when its two cores are shared).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -268,3 +272,40 @@ def test_native_trace_is_the_same_in_another_process(
     assert r.returncode == 0, r.stderr
     there = json.loads(r.stdout)
     assert there == here.tolist()
+
+
+# --- examples/native_fuzz.py ---------------------------------------------------------------
+
+NATIVE_FUZZ = Path(__file__).resolve().parent.parent / "examples" / "native_fuzz.py"
+DONE = re.compile(
+    r"^done: (\d+) execs, [\d,]+ execs/s, python blocks (\d+), native blocks (\d+), "
+    r"corpus (\d+) \(from (\d+) seeds\)",
+    re.M,
+)
+
+
+@pytest.mark.parametrize("package", ["simplejson", "msgpack"])
+def test_native_fuzz_example_finds_python_and_native_blocks(
+    built: dict[str, Built], package: str
+) -> None:
+    folder = built[package].folder
+    cmd = [sys.executable, str(NATIVE_FUZZ), "--target", package, "--package-dir", str(folder)]
+    r = subprocess.run(
+        [*cmd, "--seed", "7", "--execs", "4096"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = DONE.search(r.stdout)
+    assert m, r.stdout + r.stderr[-2000:]
+    execs, python, native, corpus, seeds = map(int, m.groups())
+    assert execs >= 4096
+    assert python > 0 and native > 0, r.stdout
+    assert corpus > seeds, r.stdout  # the loop kept inputs of its own
+    ext = built[package].extension
+    unit = sancov.native_unit(elf_facts(ext)[2], str(ext))
+    assert f"{unit:#x} {ext.name}" in r.stdout
+    # Progress lines on stderr carry both counts too.
+    assert re.search(r"python blocks \d+  native blocks \d+  corpus \d+", r.stderr)
