@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,15 @@ EXTENSION = {"simplejson": "simplejson._speedups", "msgpack": "msgpack._cmsgpack
 BUILD_ENV = {"simplejson": {"REQUIRE_SPEEDUPS": "1"}, "msgpack": {}}
 PIP_TIMEOUT = 600  # seconds
 
+
+class BuildError(Exception):
+    """A build step failed; ``step`` is "download", "build" or "check"."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 SEEDS: dict[str, list[bytes]] = {
     "simplejson": [
         b'{"a": [1, 2.5, "x"], "b": {"c": null, "d": true}}',
@@ -65,47 +75,71 @@ SEEDS: dict[str, list[bytes]] = {
 
 
 def build(
-    package: str, cache: Path, *, instrumented: bool = True, version: str | None = None
+    package: str,
+    cache: Path,
+    *,
+    instrumented: bool = True,
+    cmp: bool = True,
+    version: str | None = None,
 ) -> Path:
     """The pip ``--target`` folder holding ``package`` (simplejson or msgpack) built from its
-    sdist, with kcovx's flags or plainly; built on first use, reused after.  Raises
-    SystemExit with pip's output when the download or the build fails."""
+    sdist, with kcovx's flags (``cmp``: with comparison tracing) or plainly; built on first
+    use, reused after.  Raises
+    BuildError (with pip's output) when the download, the build or its check fails."""
     if package not in PINNED:
-        raise SystemExit(f"native_fuzz: no recipe for {package!r} (choose from {list(PINNED)})")
+        raise BuildError("build", f"no recipe for {package!r} (choose from {list(PINNED)})")
     version = version or PINNED[package]
-    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     if instrumented:
         # The flags name this kcovx's runtime folder (the rpath): a build per installation.
         flavour = "kcovx-" + hashlib.sha256(sancov.lib_dir().encode()).hexdigest()[:10]
+        flavour += "" if cmp else "-pc"
+        flags = {
+            "CFLAGS": " ".join(sancov.compile_args(cmp=cmp)),
+            "LDFLAGS": " ".join(sancov.link_args()),
+        }
     else:
-        flavour = "plain"
-    dest = cache / f"{package}-{version}-{py}-{flavour}"
-    done = dest / ".built"
-    if done.exists():
-        return dest
+        flavour, flags = "plain", {}
+    dest = build_dir(package, version, cache, flavour)
+    if not (dest / ".built").exists():
+        pip_build(package, download(package, version, cache), dest, flags)
+        calls_hooks = "__sanitizer_cov_trace_pc" in undefined_symbols(extension_file(package, dest))
+        if calls_hooks != instrumented:
+            raise BuildError("check", f"{dest}: calls kcovx's hooks: {calls_hooks}, expected not")
+        (dest / ".built").write_text(f"{package}=={version} {flavour}\n", encoding="utf-8")
+    return dest
+
+
+def build_dir(package: str, version: str, cache: Path, flavour: str) -> Path:
+    """Where a build of package lives in the cache: per version, Python version and flavour."""
+    return cache / f"{package}-{version}-cp{sys.version_info[0]}{sys.version_info[1]}-{flavour}"
+
+
+def download(package: str, version: str, cache: Path) -> Path:
+    """The sdist of package==version from PyPI, kept in cache/sdists."""
     sdists = cache / "sdists"
-    sdists.mkdir(parents=True, exist_ok=True)
-    spec = f"{package}=={version}"
-    _pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(sdists), spec)
-    (sdist,) = [p for p in sdists.iterdir() if p.name.startswith(f"{package}-{version}.tar")]
-    env = dict(os.environ, **BUILD_ENV[package])
-    env.pop("CFLAGS", None)
-    env.pop("LDFLAGS", None)
-    if instrumented:
-        env["CFLAGS"] = " ".join(sancov.compile_args())
-        env["LDFLAGS"] = " ".join(sancov.link_args())
+    found = sorted(sdists.glob(f"{package}-{version}.tar.gz"))
+    if not found:
+        sdists.mkdir(parents=True, exist_ok=True)
+        _pip("download", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
+             str(sdists), f"{package}=={version}")  # fmt: skip
+        found = sorted(sdists.glob(f"{package}-{version}.tar.gz"))
+    if not found:
+        raise BuildError("download", f"pip download left no {package}-{version}.tar.gz")
+    return found[0]
+
+
+def pip_build(package: str, sdist: Path, dest: Path, flags: dict[str, str]) -> None:
+    """``pip install`` sdist into dest (a fresh ``--target`` folder) with the build variables
+    in flags (CFLAGS, LDFLAGS, CC, ...) and nothing else of the caller's; no wheel cache, so a
+    build with other flags is never reused."""
+    shutil.rmtree(dest, ignore_errors=True)  # what a failed or interrupted build left
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CFLAGS", "LDFLAGS", "LDSHARED")}
+    env.update(BUILD_ENV[package], **flags)
     _pip(
+        "build",
         "install", "-q", "--no-cache-dir", "--no-deps", "--no-binary", ":all:",
         "--no-build-isolation", "--target", str(dest), str(sdist), env=env,
     )  # fmt: skip
-    ext = extension_file(package, dest)
-    calls_hooks = "__sanitizer_cov_trace_pc" in _undefined_symbols(ext)
-    if calls_hooks != instrumented:
-        raise SystemExit(
-            f"native_fuzz: {ext} calls kcovx's hooks: {calls_hooks}, expected the opposite"
-        )
-    done.write_text(f"{spec} {flavour}\n", encoding="utf-8")
-    return dest
 
 
 def extension_file(package: str, folder: Path) -> Path:
@@ -113,20 +147,21 @@ def extension_file(package: str, folder: Path) -> Path:
     sub, _, stem = EXTENSION[package].partition(".")
     found = sorted((folder / sub).glob(f"{stem}.*.so"))
     if not found:
-        raise SystemExit(f"native_fuzz: no built {EXTENSION[package]} in {folder}")
+        raise BuildError("check", f"no built {EXTENSION[package]} in {folder}")
     return found[0]
 
 
-def _pip(*args: str, env: dict[str, str] | None = None) -> None:
+def _pip(step: str, *args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     r = subprocess.run(
         cmd, capture_output=True, text=True, env=env, timeout=PIP_TIMEOUT, check=False
     )
     if r.returncode != 0:
-        raise SystemExit(f"native_fuzz: {' '.join(cmd[3:6])} ... failed:\n{r.stderr[-4000:]}")
+        raise BuildError(step, f"pip {args[0]} failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
 
 
-def _undefined_symbols(path: Path) -> set[str]:
+def undefined_symbols(path: Path) -> set[str]:
+    """The undefined dynamic symbols of a shared object (binutils' readelf)."""
     out = subprocess.run(
         ["readelf", "-W", "--dyn-syms", str(path)], capture_output=True, text=True, check=True
     ).stdout
@@ -218,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seconds = 10.0
     if args.build:
         t0 = time.perf_counter()
-        folder = build(args.target, args.cache or default_cache())
+        try:
+            folder = build(args.target, args.cache or default_cache())
+        except BuildError as exc:
+            raise SystemExit(f"native_fuzz: {exc.step} failed: {exc}") from None
         print(f"built in {folder} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     else:
         folder = args.package_dir.resolve()
