@@ -186,6 +186,9 @@ def load_target(package: str, folder: Path) -> tuple[Callable[[Any], object], bo
         sys.path.remove(str(folder))
     if not str(ext.__file__).startswith(str(folder)):
         raise SystemExit(f"native_fuzz: {EXTENSION[package]} came from {ext.__file__}")
+    if "__sanitizer_cov_trace_pc" not in undefined_symbols(Path(str(ext.__file__))):
+        print(f"native_fuzz: {ext.__file__} was not built with kcovx's flags: no native blocks",
+              file=sys.stderr)  # fmt: skip
     if package == "simplejson":
         if mod.decoder.c_scanstring is None:  # the silent fallback to pure Python
             raise SystemExit("native_fuzz: simplejson is not using its C speedups")
