@@ -168,6 +168,7 @@ class Worker:
 
     def __init__(self, folder: Path, env_extra: dict[str, str] | None = None, note: str = ""):
         env = dict(os.environ, **(env_extra or {}))
+        self.name = f"{folder.name} {note}".strip()
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", str(folder), note],
             stdin=subprocess.PIPE,
@@ -182,7 +183,7 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait(timeout=30)
-            raise RuntimeError(f"worker {self.proc.args[3]} exited ({code}) without a result")
+            raise RuntimeError(f"worker {self.name} exited ({code}) without a result")
         return json.loads(line)  # type: ignore[no-any-return]
 
     def measure(self, config: str) -> dict[str, Any]:
