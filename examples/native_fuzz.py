@@ -162,6 +162,8 @@ def _pip(step: str, *args: str, env: dict[str, str] | None = None) -> None:
 
 def undefined_symbols(path: Path) -> set[str]:
     """The undefined dynamic symbols of a shared object (binutils' readelf)."""
+    if not shutil.which("readelf"):
+        raise BuildError("check", "readelf (binutils) is needed to check the build")
     out = subprocess.run(
         ["readelf", "-W", "--dyn-syms", str(path)], capture_output=True, text=True, check=True
     ).stdout
@@ -177,6 +179,8 @@ def load_target(package: str, folder: Path) -> tuple[Callable[[Any], object], bo
     instrumented at import and its C extension from folder."""
     if package in sys.modules:
         raise SystemExit(f"native_fuzz: {package} is already imported")
+    if not (folder / package).is_dir():
+        raise SystemExit(f"native_fuzz: no {package} package in {folder} (build it: --build)")
     sys.path.insert(0, str(folder))
     try:
         with kcovx.instrument_imports(include=[package]):
@@ -186,7 +190,9 @@ def load_target(package: str, folder: Path) -> tuple[Callable[[Any], object], bo
         sys.path.remove(str(folder))
     if not str(ext.__file__).startswith(str(folder)):
         raise SystemExit(f"native_fuzz: {EXTENSION[package]} came from {ext.__file__}")
-    if "__sanitizer_cov_trace_pc" not in undefined_symbols(Path(str(ext.__file__))):
+    if shutil.which("readelf") and "__sanitizer_cov_trace_pc" not in undefined_symbols(
+        Path(str(ext.__file__))
+    ):
         print(f"native_fuzz: {ext.__file__} was not built with kcovx's flags: no native blocks",
               file=sys.stderr)  # fmt: skip
     if package == "simplejson":
