@@ -9,7 +9,8 @@ module the package uses: simplejson silently falls back to pure Python when its 
 then record per input in the linux profile (reset word 0, run, read words 1..count) and show
 that inputs taking different paths through the C code give different native PCs, that the
 same input gives the same ordered trace again (in this process and in another one), and that
-every native PC belongs to the extension's unit as kcovx.sancov.objects() reports it.  Last,
+every native PC belongs to the extension's unit as kcovx.sancov.objects() reports it, and that
+in KCOV_TRACE_CMP mode msgpack's comparisons carry each input's type byte.  Last,
 examples/native_fuzz.py runs briefly over each build (fixed seed and exec count) and must report
 Python and native blocks and a corpus grown beyond its seeds.
 
@@ -309,3 +310,38 @@ def test_native_fuzz_example_finds_python_and_native_blocks(
     assert f"{unit:#x} {ext.name}" in r.stdout
     # Progress lines on stderr carry both counts too.
     assert re.search(r"python blocks \d+  native blocks \d+  corpus \d+", r.stderr)
+
+
+def test_msgpack_cmp_records_carry_the_input_bytes(built: dict[str, Built]) -> None:
+    """KCOV_TRACE_CMP over real code: the unpacker compares each input's type byte against
+    its constants, so the variable operands (arg2 of const records) carry that byte."""
+    msgpack = built["msgpack"].package
+    ext = built["msgpack"].extension
+    unit = sancov.native_unit(elf_facts(ext)[2], str(ext))
+    dev = kcovx.Device(profile="linux")
+    dev.init_trace(1 << 16)
+    area = dev.mmap()
+    dev.enable(kcovx.KCOV_TRACE_CMP)
+    try:
+        records = {}
+        for blob in (b"\xcc\x05", b"\xcd\x01\x00", b"\x92\x01\x02"):
+            area[0] = 0
+            msgpack.unpackb(blob)
+            n = int(area[0])
+            assert n > 0 and 1 + 4 * n <= len(area)
+            records[blob[0]] = np.array(area[1 : 1 + 4 * n], dtype=np.uint64).reshape(n, 4)
+    finally:
+        dev.disable()
+        dev.close()
+    for byte, recs in records.items():
+        kinds, arg1, arg2, pcs = (recs[:, i] for i in range(4))
+        assert set((pcs >> np.uint64(32)).tolist()) == {unit}
+        assert ((kinds & ~np.uint64(kcovx.KCOV_CMP_CONST | kcovx.KCOV_CMP_MASK)) == 0).all()
+        const = (kinds & np.uint64(kcovx.KCOV_CMP_CONST)) != 0
+        assert const.any() and (~const).any()
+        variables = set(arg2[const].tolist())
+        assert byte in variables, sorted(variables)
+        assert not (variables & (records.keys() - {byte})), sorted(variables)
+        # The constants it was compared with bracket it (the unpacker's type-byte ranges).
+        bounds = arg1[const & (arg2 == np.uint64(byte))].tolist()
+        assert min(bounds) < byte < max(bounds), [hex(b) for b in bounds]
