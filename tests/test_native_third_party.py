@@ -17,8 +17,8 @@ Python and native blocks and a corpus grown beyond its seeds.
 The packages are imported from the build folders into this process (sys.path is restored
 after the import; the modules stay loaded).  The device is opened, enabled and closed by the
 test's own thread.  Marked slow: the two builds take several seconds (measured: about 2 s for
-simplejson and 3 s for msgpack on an idle reference machine,
-the download and both builds 15-30 s when its two cores are shared).
+simplejson and 3 s for msgpack on an idle reference machine; the download and both builds
+13-30 s when its two cores are shared).
 """
 
 from __future__ import annotations
