@@ -9,6 +9,12 @@ result without touching sys.path.  ``line_of`` finds a ``/* LINE:name */`` marke
 site records, function by function, so tests can predict a trace exactly; ``build_id`` reads the
 GNU build-id with ``readelf -n``.  ``built`` builds and loads a test extension once per session
 (the test modules share it); ``in_child`` runs a function in a fork child.
+
+Third-party extensions from PyPI: ``download_sdist`` fetches a pinned sdist (the test skips,
+saying why, when PyPI cannot be reached), ``pip_build_sdist`` builds it as a user would
+(``CFLAGS=... LDFLAGS=... pip install --no-binary :all: --no-build-isolation --target DIR``;
+no wheel cache, so flags always reach the compiler), and ``elf_facts`` reads what the linker
+recorded (DT_NEEDED, undefined dynamic symbols, the GNU build-id) with binutils' readelf.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from types import ModuleType
 import pytest
 
 import kcovx
+import kcovx.sancov
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 NATIVECOV = NATIVE_DIR / "nativecov.c"
@@ -299,3 +306,100 @@ def in_child(fn: Callable[[], object], timeout: float = 30.0) -> object:
     if "error" in out or "ok" not in out:
         pytest.fail(f"fork child failed: {out}")
     return out["ok"]
+
+
+SDIST_TIMEOUT = 300  # seconds, for pip download
+
+
+def _pip(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=SDIST_TIMEOUT,
+        check=False,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def download_sdist(spec: str, where: Path) -> Path:
+    """The sdist of ``spec`` (``name==version``) downloaded from PyPI into where; skips the
+    test, saying why, when it cannot be downloaded."""
+    where.mkdir(parents=True, exist_ok=True)
+    got = _pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(where), spec)
+    if got.returncode != 0:
+        pytest.skip(f"cannot download {spec}'s sdist from PyPI: {got.stderr.strip()[-300:]}")
+    name, _, version = spec.partition("==")
+    found = [
+        p
+        for p in where.iterdir()
+        if p.name.lower().replace("_", "-").startswith(f"{name.lower()}-{version}.")
+        and p.name.endswith((".tar.gz", ".zip"))
+    ]
+    if len(found) != 1:
+        pytest.fail(f"pip download {spec}: expected one sdist in {where}, got {found}")
+    return found[0]
+
+
+def sancov_build_env(instrumented: bool = True, **extra: str) -> dict[str, str]:
+    """The environment a user builds an sdist in: CFLAGS/LDFLAGS from kcovx.sancov (joined
+    with spaces) when instrumented, none of ours otherwise; ``extra`` added on top."""
+    env = dict(os.environ)
+    env.pop("CFLAGS", None)
+    env.pop("LDFLAGS", None)
+    if instrumented:
+        env["CFLAGS"] = " ".join(kcovx.sancov.compile_args())
+        env["LDFLAGS"] = " ".join(kcovx.sancov.link_args())
+    env.update(extra)
+    return env
+
+
+def pip_build_sdist(sdist: Path, target: Path, env: dict[str, str]) -> Path:
+    """``pip install`` the sdist into target (no dependencies, no build isolation, no wheel
+    cache) under env; fails the test with pip's output when the build fails.  Returns target."""
+    got = _pip(
+        "install",
+        "-q",
+        "--no-cache-dir",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-build-isolation",
+        "--target",
+        str(target),
+        str(sdist),
+        env=env,
+        cwd=sdist.parent,
+    )
+    if got.returncode != 0:
+        pytest.fail(
+            f"building {sdist.name} failed (exit {got.returncode}):\n"
+            f"--- stdout ---\n{got.stdout[-4000:]}\n--- stderr ---\n{got.stderr[-8000:]}"
+        )
+    return target
+
+
+def elf_facts(path: Path) -> tuple[list[str], set[str], bytes]:
+    """(DT_NEEDED entries, undefined dynamic symbols, GNU build-id or b"") of a shared object,
+    as binutils' readelf shows them; skips the test without readelf."""
+    if shutil.which("readelf") is None:
+        pytest.skip("binutils' readelf is not installed")
+    out = subprocess.run(
+        ["readelf", "-W", "-d", "--dyn-syms", "-n", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    undefined = set()
+    for line in out.splitlines():
+        f = line.split()
+        # Num: Value Size Type Bind Vis Ndx Name
+        if len(f) >= 8 and f[0].endswith(":") and f[6] == "UND":
+            undefined.add(f[7].split("@")[0])
+    m = re.search(r"Build ID: ([0-9a-f]+)", out)
+    return needed, undefined, bytes.fromhex(m.group(1)) if m else b""
