@@ -262,11 +262,11 @@ def worker(setup: str, lib_path: str) -> int:
                 value = size - 1 if setup == "linux-clip" else 0
 
     for line in sys.stdin:
-        cmd = line.split()
+        cmd = line.split() or [""]
         if cmd[0] == "run":
             ns = lib.run(int(cmd[1]), int(cmd[2]), SEED, word, value)
             count = int(area[0]) if area is not None else 0
-            if kc is not None and setup == "gvisor":
+            if kc is not None and area is not None and setup == "gvisor":
                 kc.flush()
                 area[0] = 0
             print(f"{ns} {count}", flush=True)
