@@ -433,15 +433,21 @@ cdef int _check_cmp(uint64_t type, uint64_t arg1, uint64_t arg2) except -1:
     return 0
 
 
-cdef inline int _record_pc(uint64_t pc) noexcept:
-    """What trace_pc records, for both entry points; with the GIL held.  -1: no memory.
-    A PC without a block index appends every hit in unique mode."""
+cdef inline void _record_linux(uint64_t idx, uint64_t pc) noexcept nogil:
+    """The linux profile's part: append to the calling thread's target, or in unique mode
+    record block idx (KCOVX_NO_INDEX: every hit)."""
     cdef kcovx_area_t *t = kcovx_tls_pc_target
     if t != NULL:
         if not kcovx_is_unique(t):
             kcovx_append_pc(t, pc)
         else:
-            kcovx_unique_record(kcovx_unique_of(t), KCOVX_NO_INDEX, pc)
+            kcovx_unique_record(kcovx_unique_of(t), idx, pc)
+
+
+cdef inline int _record_pc(uint64_t pc) noexcept:
+    """What trace_pc records, for both entry points; with the GIL held.  -1: no memory.
+    A PC without a block index appends every hit in unique mode."""
+    _record_linux(KCOVX_NO_INDEX, pc)
     if kcovx_rt_collecting:
         return _pending_add(pc)
     return 0
@@ -449,12 +455,7 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
 
 cdef inline int _record_block(uint64_t idx, uint64_t pc) noexcept:
     """What a Probe records for its block of dense index idx (pc its PC); as _record_pc."""
-    cdef kcovx_area_t *t = kcovx_tls_pc_target
-    if t != NULL:
-        if not kcovx_is_unique(t):
-            kcovx_append_pc(t, pc)
-        else:
-            kcovx_unique_record(kcovx_unique_of(t), idx, pc)
+    _record_linux(idx, pc)
     if kcovx_rt_collecting and _marks[idx] != _mark_epoch:
         if _pending_add(pc) < 0:
             return -1

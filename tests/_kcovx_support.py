@@ -6,17 +6,26 @@ decide exactly when it exits.  ``Devices`` opens devices for a test and, at tear
 the ones the calling thread still owns and closes the rest, so no test leaves the main thread
 recording into an area or a gvisor device collecting (each test module wraps it in a
 ``devices`` fixture); ``Devices.enabled`` is the usual open/init/mmap/enable preamble.
+``in_child`` runs a function in a fork child and returns its JSON-able result.
 Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import kcovx
 
@@ -123,3 +132,60 @@ def python(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, check=False, **kwargs
     )
+
+
+def in_child(fn: Callable[[], Any], timeout: float = 3 * TIMEOUT) -> Any:
+    """Run fn in a fork child; return its JSON-able result, or fail with the child's error.
+    The child leaves with os._exit; a late child is killed."""
+    assert threading.active_count() == 1, "fork with threads alive"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 0
+        try:
+            os.close(r)
+            try:
+                out: dict[str, Any] = {"ok": fn()}
+            except BaseException as exc:
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+                status = 1
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("fork child timed out")
+            data = os.read(r, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks) or b"{}")
+    if "error" in out or "ok" not in out:
+        pytest.fail(f"fork child failed: {out}")
+    return out["ok"]
+
+
+def run_build(what: str, cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
+    """Run a build command in a subprocess; its stdout, or fail the test with its output (a
+    compiler failure or a hang is a test failure, never a crash of the session)."""
+    try:
+        proc = subprocess.run(
+            cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"building {what} took more than {timeout}s:\n{exc.stderr!s}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"building {what} failed (exit {proc.returncode}):\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
+        )
+    return proc.stdout

@@ -8,7 +8,7 @@ result without touching sys.path.  ``line_of`` finds a ``/* LINE:name */`` marke
 ``hook_sites`` reads a built object's disassembly (binutils' objdump) for the PC each hook call
 site records, function by function, so tests can predict a trace exactly; ``build_id`` reads the
 GNU build-id with ``readelf -n``.  ``built`` builds and loads a test extension once per session
-(the test modules share it); ``in_child`` runs a function in a fork child.
+(the test modules share it).
 
 Third-party extensions from PyPI: ``download_sdist`` fetches a pinned sdist (the test skips,
 saying why, when PyPI cannot be reached), ``pip_build_sdist`` builds it as a user would
@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import json
 import os
 import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _kcovx_support import run_build
 
 import kcovx
 import kcovx.sancov
@@ -92,23 +87,7 @@ def build_extension(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (KCOVX_ROOT, env.get("PYTHONPATH")) if p)
     kinds = ("cmp" if cmp else "pc") if instrument else "none"
     cmd = [sys.executable, "setup_native.py", name, kinds, opt, *copied]
-    try:
-        proc = subprocess.run(
-            cmd,
-            check=False,
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"building {name} took more than {BUILD_TIMEOUT}s:\n{exc.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"building {name} failed (exit {proc.returncode}):\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
-        )
+    run_build(name, cmd, root, env, BUILD_TIMEOUT)
     return root
 
 
@@ -266,46 +245,6 @@ def built(
         path = built_path(name, folder)
         _BUILT[name] = Built(load(name, folder), folder, path, hook_sites(path), build_id(path))
     return _BUILT[name]
-
-
-def in_child(fn: Callable[[], object], timeout: float = 30.0) -> object:
-    """Run fn in a fork child; return its JSON-able result, or fail with the child's error.
-    The child leaves with os._exit; a late child is killed."""
-    assert threading.active_count() == 1, "fork with threads alive"
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        status = 0
-        try:
-            os.close(r)
-            try:
-                out: dict[str, object] = {"ok": fn()}
-            except BaseException as exc:
-                out = {"error": f"{type(exc).__name__}: {exc}"}
-                status = 1
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("fork child timed out")
-            data = os.read(r, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks) or b"{}")
-    if "error" in out or "ok" not in out:
-        pytest.fail(f"fork child failed: {out}")
-    return out["ok"]
 
 
 SDIST_TIMEOUT = 300  # seconds, for pip download

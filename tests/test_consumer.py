@@ -22,14 +22,13 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
-from _kcovx_support import Devices, in_thread
+from _kcovx_support import Devices, in_thread, run_build
 
 import kcovx
 from kcovx import _area, abi
@@ -75,23 +74,7 @@ def _build(root: Path, kcovx_root: str = KCOVX_ROOT) -> Path:
         "--build-temp",
         str(tmp),
     ]
-    try:
-        proc = subprocess.run(
-            cmd,
-            check=False,
-            cwd=src,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"building the consumers took more than {BUILD_TIMEOUT}s:\n{exc.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"building the consumers failed (exit {proc.returncode}):\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
-        )
+    run_build("the consumers", cmd, src, env, BUILD_TIMEOUT)
     return lib
 
 

@@ -11,62 +11,19 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from _kcovx_support import TIMEOUT, Devices
+from _kcovx_support import TIMEOUT, Devices, in_child
 
 import kcovx
 from kcovx import Mode
-
-
-def in_child(fn: Callable[[], Any]) -> Any:
-    """Run fn in a fork child; return its JSON-able result, or fail with the child's error."""
-    assert threading.active_count() == 1, "fork with threads alive"
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        status = 0
-        try:
-            os.close(r)
-            try:
-                out = {"ok": fn()}
-            except BaseException as exc:
-                out = {"error": f"{type(exc).__name__}: {exc}"}
-                status = 1
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([r], [], [], max(left, 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("fork child timed out")
-            data = os.read(r, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks) or b"{}")
-    if "error" in out or "ok" not in out:
-        pytest.fail(f"fork child failed: {out}")
-    return out["ok"]
 
 
 def errno_of(fn: Callable[[], Any]) -> int | None:

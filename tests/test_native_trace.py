@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _kcovx_support import TIMEOUT, Devices
-from _native_support import NATIVECOV, Built, built, in_child
+from _kcovx_support import TIMEOUT, Devices, in_child
+from _native_support import NATIVECOV, Built, built
 
 import kcovx
 import kcovx.sancov
