@@ -79,7 +79,6 @@ cdef extern from "kcovx_rt.h" nogil:
     unsigned kcovx_rt_abi_version()
     void kcovx_rt_set_target(kcovx_area_t *area, int mode)
     int kcovx_rt_set_collecting(int on)
-    int kcovx_rt_order_push(uint64_t pc)
     uint64_t kcovx_rt_consume(kcovx_area_t *area)
     uint64_t kcovx_rt_pending()
     size_t kcovx_rt_object_count()
@@ -123,15 +122,16 @@ cdef inline uint64_t _u64(object o) except? 0xFFFFFFFFFFFFFFFF:
 
 
 # --------------------------------------------------------------------------------------------
-# The pending set (gvisor profile): each PC covered since the last consume, once, in the order
-# first covered.  The order lives in the runtime's order buffers (kcovx_rt.h), shared with the
-# native hooks; Python PCs are deduplicated here, by open addressing with linear probing, under
-# the GIL.  A slot is live when its stamp equals the current epoch, so clearing is one increment:
-# O(1), not O(capacity).
+# The pending set (gvisor profile), Python side: each PC Python code covered since the last
+# consume, once, in the order first covered, under the GIL: no atomics.  Open addressing with
+# linear probing; a slot is live when its stamp equals the current epoch, so clearing is one
+# increment: O(1), not O(capacity).  Native PCs have their own set in the runtime (kcovx_rt.h),
+# lock-free; a consume writes this set's PCs, then the runtime's.
 
 ctypedef struct pending_t:
     uint64_t *keys
     uint32_t *stamps
+    uint64_t *order      # the live PCs, in first-covered order
     uint64_t n           # live PCs
     uint64_t cap         # slots (a power of two), 0 before the first add
     uint64_t limit       # grow when n reaches this (load factor 1/2)
@@ -141,6 +141,7 @@ ctypedef struct pending_t:
 cdef pending_t _pend
 _pend.keys = NULL
 _pend.stamps = NULL
+_pend.order = NULL
 _pend.n = 0
 _pend.cap = 0
 _pend.limit = 0
@@ -165,14 +166,15 @@ cdef int _pending_grow() noexcept nogil:
         shift -= 1
     cdef uint64_t *keys = <uint64_t *> malloc(cap * sizeof(uint64_t))
     cdef uint32_t *stamps = <uint32_t *> calloc(cap, sizeof(uint32_t))
-    if keys == NULL or stamps == NULL:
+    cdef uint64_t *order = <uint64_t *> malloc((cap // 2) * sizeof(uint64_t))
+    if keys == NULL or stamps == NULL or order == NULL:
         free(keys)
         free(stamps)
+        free(order)
         return -1
-    for i in range(_pend.cap):
-        if _pend.stamps[i] != _pend.epoch:
-            continue
-        pc = _pend.keys[i]
+    for i in range(_pend.n):
+        pc = _pend.order[i]
+        order[i] = pc
         j = _slot(pc, shift)
         while stamps[j] == 1:
             j = (j + 1) & (cap - 1)
@@ -180,8 +182,10 @@ cdef int _pending_grow() noexcept nogil:
         keys[j] = pc
     free(_pend.keys)
     free(_pend.stamps)
+    free(_pend.order)
     _pend.keys = keys
     _pend.stamps = stamps
+    _pend.order = order
     _pend.cap = cap
     _pend.limit = cap // 2
     _pend.shift = shift
@@ -190,8 +194,7 @@ cdef int _pending_grow() noexcept nogil:
 
 
 cdef inline int _pending_add(uint64_t pc) noexcept nogil:
-    """Mark pc covered.  0 on success (or when the period's order buffer is full: gVisor would
-    drop it at the area's end), -1 when the table could not grow (pc not recorded)."""
+    """Mark pc covered.  0 on success, -1 when the table could not grow (pc not recorded)."""
     cdef uint64_t i
     if _pend.n >= _pend.limit:
         if _pending_grow() < 0:
@@ -201,10 +204,10 @@ cdef inline int _pending_add(uint64_t pc) noexcept nogil:
         if _pend.keys[i] == pc:
             return 0
         i = (i + 1) & (_pend.cap - 1)
-    if kcovx_rt_order_push(pc):
-        _pend.stamps[i] = _pend.epoch
-        _pend.keys[i] = pc
-        _pend.n += 1
+    _pend.stamps[i] = _pend.epoch
+    _pend.keys[i] = pc
+    _pend.order[_pend.n] = pc
+    _pend.n += 1
     return 0
 
 
@@ -407,9 +410,9 @@ cdef class Area:
 
         Returns how many PCs were written; the rest of the batch, if any, is lost.
         """
-        cdef uint64_t k = kcovx_rt_consume(&self.c)
+        cdef uint64_t k = kcovx_append_batch_gvisor(&self.c, _pend.order, _pend.n)
         _pending_clear()
-        return k
+        return k + kcovx_rt_consume(&self.c)
 
 
 # --------------------------------------------------------------------------------------------
@@ -666,7 +669,7 @@ def _clear_pending():
 
 
 def _pending_len():
-    return kcovx_rt_pending()
+    return _pend.n + kcovx_rt_pending()
 
 
 def _native_objects():

@@ -17,14 +17,15 @@
  *   while it is a target, so the pointer never outlives the mapping.  initial-exec TLS: one
  *   %fs-relative load per event (plus a GOT load in the core, which is another object).
  *
- * - The gvisor profile's covered set: each PC covered since the last consume, once, in the
- *   order first covered, shared by all threads.  Python PCs are deduplicated by the core (a
- *   stamp per dense block index, and a hash set for PCs without one, under the GIL); native
- *   PCs by a stamp per code byte of their object: the number of the period in which that call
+ * - The gvisor profile's covered set: each PC covered since the last consume, once, shared by
+ *   all threads.  Python PCs are kept by the core, under the GIL (a stamp per dense block
+ *   index, a hash set, and their own first-hit order); a consume writes them first, then the
+ *   native PCs, each kind in the order first covered.  Native PCs are deduplicated here, by a
+ *   stamp per code byte of their object: the number of the period in which that call
  *   site was last pushed, compared with the current period's and set with a compare-and-swap,
  *   so native threads add without the GIL and without locks, a repeat hit costs three loads,
- *   and clearing is starting a new period: O(1).  Both then reserve a slot in the current one
- *   of two order buffers (kcovx_rt_order_push); the consumer (kcovx_rt_consume, with the GIL)
+ *   and clearing is starting a new period: O(1).  A first hit reserves a slot in the current
+ *   one of two order buffers (kcovx_rt_order_push); the consumer (kcovx_rt_consume, with the GIL)
  *   gives the other buffer the next period number, switches to it, waits for the pushes still
  *   in flight on the old one (a few instructions each), and drains it.  The order buffers
  *   hold KCOVX_RT_ORDER_CAP PCs (gVisor's largest area): a PC beyond that in one period is

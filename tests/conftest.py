@@ -10,6 +10,7 @@ on PYTHONPATH.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -58,6 +59,17 @@ def _subprocesses_import_this_kcovx(tmp_path_factory: pytest.TempPathFactory) ->
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old_path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _garbage_freed_between_modules() -> Iterator[None]:
+    """Objects a test module leaves in reference cycles are freed when it ends, while nothing
+    records.  Freeing them runs their types' code: for instrumented C extensions (the native
+    tests) and instrumented Python classes that code records, and the gvisor profile's coverage
+    is global, so freed later by a cyclic collection it would land in whatever gvisor device a
+    later test has collecting at that moment."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
