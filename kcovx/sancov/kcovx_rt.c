@@ -394,7 +394,7 @@ EXPORT NOCOV int kcovx_rt_set_collecting(int on)
 NOCOV static void gvisor_add(uintptr_t ra)
 {
     const kcovx_rt_object_t *o = object_of(ra);
-    uint64_t *s, seen;
+    uint64_t *s, seen, period;
     struct order *b;
     if (UNLIKELY(o == NULL || o->stamps == NULL || !orders_ready)) {
         __atomic_fetch_add(&dropped, 1, __ATOMIC_RELAXED);
@@ -407,9 +407,11 @@ NOCOV static void gvisor_add(uintptr_t ra)
                            __ATOMIC_RELAXED)))
         return;
     b = enter();
-    /* Inside the buffer's period now (the consumer waits for us before draining it). */
-    while (seen != b->period) {
-        if (__atomic_compare_exchange_n(s, &seen, b->period, 0, __ATOMIC_RELAXED,
+    /* Inside the buffer's period now (the consumer waits for us before draining it, and
+       numbers a buffer only while it is not current). */
+    period = __atomic_load_n(&b->period, __ATOMIC_RELAXED);
+    while (seen != period) {
+        if (__atomic_compare_exchange_n(s, &seen, period, 0, __ATOMIC_RELAXED,
                                         __ATOMIC_RELAXED)) {
             store(b, pc_in(o, ra));
             break;
