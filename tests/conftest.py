@@ -62,14 +62,18 @@ def _subprocesses_import_this_kcovx(tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _garbage_freed_between_modules() -> Iterator[None]:
-    """Objects a test module leaves in reference cycles are freed when it ends, while nothing
-    records.  Freeing them runs their types' code: for instrumented C extensions (the native
-    tests) and instrumented Python classes that code records, and the gvisor profile's coverage
-    is global, so freed later by a cyclic collection it would land in whatever gvisor device a
-    later test has collecting at that moment."""
-    yield
+def _earlier_objects_left_alone_by_the_gc() -> Iterator[None]:
+    """Each test module starts with the objects of the modules before it collected or frozen.
+
+    The cyclic GC runs C code of the objects it visits (an extension type's tp_traverse, and
+    tp_clear and dealloc when it frees one).  For the instrumented C extensions of the native
+    tests that code records, and the gvisor profile's coverage is global: a collection inside a
+    later test would put those PCs into whatever gvisor device that test has collecting (a real
+    program sees the same; README, "Native code").  So: collect now, while nothing records, then
+    freeze what is left, which later collections never visit."""
     gc.collect()
+    gc.freeze()
+    yield
 
 
 @pytest.fixture
