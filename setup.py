@@ -67,6 +67,8 @@ class BuildExt(build_ext):
                 "-fPIC",
                 "-fvisibility=hidden",
                 "-ftls-model=initial-exec",
+                # its own exported data (the collecting flag) read directly, not through the GOT
+                "-fno-semantic-interposition",
                 "-fno-strict-aliasing",
             ],
         )

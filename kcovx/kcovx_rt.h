@@ -14,8 +14,9 @@
  *   KCOVX_MODE_TRACE_CMP; NULL when none; at most one is set.  Each is read and
  *   written only by its own thread (the core sets it through kcovx_rt_set_target on behalf of
  *   the Python layer), so it needs no lock; the Python layer holds a reference to the Area
- *   while it is a target, so the pointer never outlives the mapping.  initial-exec TLS: one
- *   %fs-relative load per event (plus a GOT load in the core, which is another object).
+ *   while it is a target, so the pointer never outlives the mapping.  Both live in one
+ *   initial-exec thread-local struct (kcovx_thread) with the runtime's own per-thread state:
+ *   one GOT load for its offset, then %fs-relative loads.
  *
  * - The gvisor profile's covered set: each PC covered since the last consume, once, shared by
  *   all threads.  Python PCs are kept by the core, under the GIL (a stamp per dense block
@@ -70,8 +71,18 @@ extern "C" {
 
 #define KCOVX_RT_TLS extern __thread __attribute__((tls_model("initial-exec")))
 
-KCOVX_RT_TLS kcovx_area_t *kcovx_tls_pc_target;
-KCOVX_RT_TLS kcovx_area_t *kcovx_tls_cmp_target;
+/* One thread-local struct, so a hook finds all of a thread's state from one GOT entry. */
+struct kcovx_rt_object;
+typedef struct kcovx_thread {
+    kcovx_area_t *pc_target;
+    kcovx_area_t *cmp_target;
+    const struct kcovx_rt_object *last; /* runtime-private: the object of the last hook */
+    int registering;                    /* runtime-private: inside register_object */
+} kcovx_thread_t;
+
+KCOVX_RT_TLS kcovx_thread_t kcovx_thread;
+#define kcovx_tls_pc_target (kcovx_thread.pc_target)
+#define kcovx_tls_cmp_target (kcovx_thread.cmp_target)
 
 /*
  * KCOV_UNIQUE_ENABLE (linux profile): the area starts with a bitmap of `nbits` bits, one per

@@ -62,11 +62,12 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define RET_IP() ((uintptr_t)__builtin_return_address(0))
 
-#define LOCAL_TLS static __thread __attribute__((tls_model("initial-exec")))
 
-EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_pc_target;
-EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_area_t *kcovx_tls_cmp_target;
-EXPORT int kcovx_rt_collecting;
+EXPORT __thread __attribute__((tls_model("initial-exec"))) kcovx_thread_t kcovx_thread;
+/* The collecting flag: hooks read the hidden name directly (no GOT load); the core reads the
+   exported alias. */
+__attribute__((visibility("hidden"))) int collecting;
+extern int kcovx_rt_collecting __attribute__((alias("collecting"), visibility("default")));
 
 /* ------------------------------------------------------------------------------------------
  * The registry of native objects. */
@@ -79,8 +80,8 @@ static size_t n_objects; /* published with release */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t dropped;
 
-LOCAL_TLS const kcovx_rt_object_t *tls_last; /* the object of this thread's last hook */
-LOCAL_TLS int tls_registering;
+#define tls_last (kcovx_thread.last)
+#define tls_registering (kcovx_thread.registering)
 
 /* FNV-1a, 64 bits, over a domain tag and the identity; folded to the 31 bits of a unit. */
 NOCOV static uint64_t native_unit(const char *tag, const uint8_t *data, size_t len)
@@ -376,7 +377,7 @@ EXPORT NOCOV int kcovx_rt_set_collecting(int on)
         orders[1].buf = b;
         __atomic_store_n(&orders_ready, 1, __ATOMIC_RELEASE);
     }
-    __atomic_store_n(&kcovx_rt_collecting, on ? 1 : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&collecting, on ? 1 : 0, __ATOMIC_RELAXED);
     if (!on) {
         /* forget both periods: pushes racing with this land in the buffer drained second */
         kcovx_rt_consume(NULL);
@@ -444,18 +445,37 @@ NOCOV static void record_unique(kcovx_area_t *t, uintptr_t ra)
     kcovx_unique_record(kcovx_unique_of(t), site_index(o, ra), pc_in(o, ra));
 }
 
-NOCOV static inline void record_pc(uintptr_t ra)
+/* record_pc's paths other than "nothing" and "append, the object known": out of line, so the
+   hook's own common paths need no stack frame (every call below is a tail call). */
+__attribute__((noinline)) NOCOV static void record_pc_slow(kcovx_area_t *t, uintptr_t ra)
 {
-    kcovx_area_t *t = kcovx_tls_pc_target;
-    if (LIKELY(t == NULL) && LIKELY(!__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED)))
-        return;
     if (t != NULL) {
         if (LIKELY(!kcovx_is_unique(t)))
             kcovx_append_pc(t, pc_in(object_of(ra), ra));
         else
             record_unique(t, ra);
     }
-    if (__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED))
+    if (__atomic_load_n(&collecting, __ATOMIC_RELAXED))
+        gvisor_add(ra);
+}
+
+NOCOV static inline void record_pc(uintptr_t ra)
+{
+    kcovx_area_t *t = kcovx_tls_pc_target;
+    const kcovx_rt_object_t *o;
+    if (LIKELY(t == NULL)) {
+        if (LIKELY(!__atomic_load_n(&collecting, __ATOMIC_RELAXED)))
+            return;
+        gvisor_add(ra);
+        return;
+    }
+    o = tls_last;
+    if (UNLIKELY(kcovx_is_unique(t) || o == NULL || ra - o->lo >= o->span)) {
+        record_pc_slow(t, ra);
+        return;
+    }
+    kcovx_append_pc(t, (o->unit << 32) | (uint32_t)(ra - o->base));
+    if (UNLIKELY(__atomic_load_n(&collecting, __ATOMIC_RELAXED)))
         gvisor_add(ra);
 }
 
@@ -559,7 +579,7 @@ HOOK void __sanitizer_cov_trace_pc_guard(uint32_t *guard)
         const kcovx_rt_object_t *o = object_of(ra);
         kcovx_unique_record(kcovx_unique_of(t), v == UINT32_MAX ? KCOVX_NO_INDEX : v - 1,
                             pc_in(o, ra));
-        if (__atomic_load_n(&kcovx_rt_collecting, __ATOMIC_RELAXED))
+        if (__atomic_load_n(&collecting, __ATOMIC_RELAXED))
             gvisor_add(ra);
         return;
     }
