@@ -171,9 +171,10 @@ int kcovx_rt_set_collecting(int on);
    0 if the buffer is full (or collecting was never turned on).  Any thread, no GIL. */
 int kcovx_rt_order_push(uint64_t pc);
 
-/* gvisor task work: drain the pending PCs (in first-hit order) into area with gVisor's
-   batch rule, or nowhere when area is NULL; forget them all.  Returns how many were written.
-   With the GIL (one consumer at a time). */
+/* gvisor task work: drain the pending native PCs (in first-hit order) into area with gVisor's
+   batch rule (after the core's own batch of Python PCs, which publishes the count even when
+   empty), or nowhere when area is NULL; forget them all.  Returns how many were written.  With
+   the GIL (one consumer at a time). */
 uint64_t kcovx_rt_consume(kcovx_area_t *area);
 
 /* PCs pending since the last consume (an upper bound while native threads add). */
