@@ -26,7 +26,7 @@
  *   site was last pushed, compared with the current period's and set with a compare-and-swap,
  *   so native threads add without the GIL and without locks, a repeat hit costs three loads,
  *   and clearing is starting a new period: O(1).  A first hit reserves a slot in the current
- *   one of two order buffers (kcovx_rt_order_push); the consumer (kcovx_rt_consume, with the GIL)
+ *   one of two order buffers; the consumer (kcovx_rt_consume, with the GIL)
  *   gives the other buffer the next period number, switches to it, waits for the pushes still
  *   in flight on the old one (a few instructions each), and drains it.  The order buffers
  *   hold KCOVX_RT_ORDER_CAP PCs (gVisor's largest area): a PC beyond that in one period is
@@ -166,10 +166,6 @@ uint64_t kcovx_rt_reserve_indices(uint64_t n);
 /* gvisor: turn collecting on (allocating the order buffers on first use: -1, nothing changed,
    on no memory) or off (and forget what was pending).  With the GIL. */
 int kcovx_rt_set_collecting(int on);
-
-/* Reserve the next slot of the current order buffer for pc and store it there.  1 if stored,
-   0 if the buffer is full (or collecting was never turned on).  Any thread, no GIL. */
-int kcovx_rt_order_push(uint64_t pc);
 
 /* gvisor task work: drain the pending native PCs (in first-hit order) into area with gVisor's
    batch rule (after the core's own batch of Python PCs, which publishes the count even when

@@ -30,7 +30,7 @@
  *
  * Memory order.  Registry: records are written under reg_lock, then published by a release
  * store of the count; readers load the count with acquire and read records without a lock.
- * Order buffers: see kcovx_rt_order_push and kcovx_rt_consume (sequentially consistent
+ * Order buffers: see enter() and kcovx_rt_consume (sequentially consistent
  * in-flight handshake).  Areas: kcovx.h.
  *
  * Nothing here may be instrumented: setup.py builds it without any -fsanitize flag a user's
@@ -304,18 +304,6 @@ NOCOV static inline int store(struct order *o, uint64_t pc)
     if (LIKELY(i < KCOVX_RT_ORDER_CAP))
         o->buf[i] = pc;
     return i < KCOVX_RT_ORDER_CAP;
-}
-
-EXPORT NOCOV int kcovx_rt_order_push(uint64_t pc)
-{
-    struct order *o;
-    int ok;
-    if (UNLIKELY(!__atomic_load_n(&orders_ready, __ATOMIC_ACQUIRE)))
-        return 0;
-    o = enter();
-    ok = store(o, pc);
-    leave(o);
-    return ok;
 }
 
 EXPORT NOCOV uint64_t kcovx_rt_consume(kcovx_area_t *area)
