@@ -57,7 +57,6 @@ cdef extern from "kcovx_rt.h" nogil:
     # The calling thread's recording targets (linux profile); NULL: none.
     kcovx_area_t *kcovx_tls_pc_target
     kcovx_area_t *kcovx_tls_cmp_target
-    int kcovx_rt_collecting
     ctypedef struct kcovx_unique_t:
         kcovx_area_t trace
         uint64_t *bitmap
@@ -216,6 +215,10 @@ cdef inline int _pending_add(uint64_t pc) noexcept nogil:
 # A repeat hit costs a load and a compare, no hashing; only a first hit goes through the table
 # above (so a PC recorded both by a probe and by trace_pc is still pending once), and clearing
 # is the same one increment.
+# The runtime's collecting flag, mirrored here (both set only by _set_collecting, under the GIL)
+# so that a probe reads a variable of this module, not one behind another object's GOT entry.
+cdef int _collecting = 0
+
 cdef uint32_t *_marks = NULL
 cdef uint64_t _marks_cap = 0
 cdef uint32_t _mark_epoch = 1
@@ -451,7 +454,7 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
     """What trace_pc records, for both entry points; with the GIL held.  -1: no memory.
     A PC without a block index appends every hit in unique mode."""
     _record_linux(KCOVX_NO_INDEX, pc)
-    if kcovx_rt_collecting:
+    if _collecting:
         return _pending_add(pc)
     return 0
 
@@ -459,7 +462,7 @@ cdef inline int _record_pc(uint64_t pc) noexcept:
 cdef inline int _record_block(uint64_t idx, uint64_t pc) noexcept:
     """What a Probe records for its block of dense index idx (pc its PC); as _record_pc."""
     _record_linux(idx, pc)
-    if kcovx_rt_collecting and _marks[idx] != _mark_epoch:
+    if _collecting and _marks[idx] != _mark_epoch:
         if _pending_add(pc) < 0:
             return -1
         _marks[idx] = _mark_epoch
@@ -579,7 +582,7 @@ def trace_pcs(pcs):
                     kcovx_append_pcs(t, p, n)
             else:
                 kcovx_append_pcs(t, p, n)
-        if kcovx_rt_collecting:
+        if _collecting:
             for i in range(n):
                 if _pending_add(p[i]) < 0:
                     raise MemoryError("kcovx: no memory to record a PC")
@@ -656,8 +659,10 @@ def _reset_trace(Area area, object bitmap_words):
 
 def _set_collecting(bint on):
     """Turn the gvisor pending set on or off.  Off also forgets what was pending."""
+    global _collecting
     if kcovx_rt_set_collecting(1 if on else 0) < 0:
         raise MemoryError("kcovx: no memory for the gvisor covered set")
+    _collecting = 1 if on else 0
     if not on:
         _pending_clear()
 
