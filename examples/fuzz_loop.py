@@ -188,19 +188,31 @@ def load_target(spec: str, include: Sequence[str]) -> Callable[[Any], object]:
     return target
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--target", default="calc:fuzz_one", help="module:function to fuzz")
-    p.add_argument("--include", action="append", default=[], help="also instrument these")
-    p.add_argument("--text", action="store_true", help="pass inputs as str, not bytes")
+def add_loop_options(p: argparse.ArgumentParser) -> None:
+    """The options of the loop itself (device, area, budget, seed), shared with other loops
+    built on Fuzzer (examples/native_fuzz.py); ``loop_args`` completes what they parse."""
     p.add_argument("--profile", default="gvisor", choices=list(kcovx.PROFILES))
     p.add_argument("--size", type=int, default=1 << 16, help="area size in words")
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--execs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+
+
+def loop_args(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """p's arguments; a budget of 10 seconds when neither --seconds nor --execs is given."""
     args = p.parse_args(argv)
     if args.seconds is None and args.execs is None:
         args.seconds = 10.0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--target", default="calc:fuzz_one", help="module:function to fuzz")
+    p.add_argument("--include", action="append", default=[], help="also instrument these")
+    p.add_argument("--text", action="store_true", help="pass inputs as str, not bytes")
+    add_loop_options(p)
+    args = loop_args(p, argv)
     target = load_target(args.target, args.include)
     fuzzer = Fuzzer(target, profile=args.profile, size=args.size, text=args.text, seed=args.seed)
     seeds = SEEDS.get(args.target.partition(":")[0].split(".")[0], [b""])

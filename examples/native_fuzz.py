@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fuzz_loop import Fuzzer
+from fuzz_loop import Fuzzer, add_loop_options, loop_args
 
 import kcovx
 from kcovx import sancov
@@ -252,14 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--package-dir", type=Path, help="folder holding the built package")
     where.add_argument("--build", action="store_true", help="build it (once) into --cache")
     p.add_argument("--cache", type=Path, default=None, help="build cache folder for --build")
-    p.add_argument("--profile", default="gvisor", choices=list(kcovx.PROFILES))
-    p.add_argument("--size", type=int, default=1 << 16, help="area size in words")
-    p.add_argument("--seconds", type=float, default=None)
-    p.add_argument("--execs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.seconds is None and args.execs is None:
-        args.seconds = 10.0
+    add_loop_options(p)
+    args = loop_args(p, argv)
     if args.build:
         t0 = time.perf_counter()
         try:

@@ -6,12 +6,15 @@ decide exactly when it exits.  ``Devices`` opens devices for a test and, at tear
 the ones the calling thread still owns and closes the rest, so no test leaves the main thread
 recording into an area or a gvisor device collecting (each test module wraps it in a
 ``devices`` fixture); ``Devices.enabled`` is the usual open/init/mmap/enable preamble.
-``in_child`` runs a function in a fork child and returns its JSON-able result.
+``in_child`` runs a function in a fork child and returns its JSON-able result;
+``run_build`` runs a build command and ``load_extension`` imports what it built.
 Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import queue
@@ -23,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -189,3 +193,16 @@ def run_build(what: str, cmd: list[str], cwd: Path, env: dict[str, str], timeout
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
         )
     return proc.stdout
+
+
+def load_extension(name: str, folder: Path) -> ModuleType:
+    """Import the extension module ``name`` from folder, without touching sys.path."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = folder / f"{name}{suffix}"
+        if path.exists():
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise FileNotFoundError(f"no built {name} in {folder}: {sorted(os.listdir(folder))}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _kcovx_support import load_extension as load
 from _kcovx_support import run_build
 
 import kcovx
@@ -91,19 +92,6 @@ def build_extension(
     return root
 
 
-def load(name: str, folder: Path) -> ModuleType:
-    """Import the extension module ``name`` from folder, without touching sys.path."""
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = folder / f"{name}{suffix}"
-        if path.exists():
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    raise FileNotFoundError(f"no built {name} in {folder}: {sorted(os.listdir(folder))}")
-
-
 def built_path(name: str, folder: Path) -> Path:
     """The built extension file of ``name`` in folder."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -146,16 +134,17 @@ def _tool(name: str) -> str:
     return path
 
 
+def _tool_output(name: str, *args: str) -> str:
+    """What binutils' ``name`` prints for args (the test skips without the tool)."""
+    return subprocess.run(
+        [_tool(name), *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
 def hook_sites(obj: Path) -> dict[str, list[HookSite]]:
     """Function name (clone suffixes such as ``.isra.0`` stripped; a ``.cold`` part is its own
     ``name.cold`` entry) -> its hook call sites in address order, from ``objdump -d``."""
-    out = subprocess.run(
-        [_tool("objdump"), "-d", "--no-show-raw-insn", str(obj)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    out = _tool_output("objdump", "-d", "--no-show-raw-insn", str(obj))
     sites: dict[str, list[HookSite]] = {}
     func: str | None = None
     pending: str | None = None  # the hook of the previous instruction, if it was a hook call
@@ -182,9 +171,7 @@ def hook_sites(obj: Path) -> dict[str, list[HookSite]]:
 
 def build_id(obj: Path) -> bytes:
     """The GNU build-id of obj, from ``readelf -n``."""
-    out = subprocess.run(
-        [_tool("readelf"), "-n", str(obj)], check=True, capture_output=True, text=True, timeout=60
-    ).stdout
+    out = _tool_output("readelf", "-n", str(obj))
     m = re.search(r"Build ID:\s*([0-9a-f]+)", out)
     if m is None:
         raise LookupError(f"{obj} has no GNU build-id note:\n{out}")
@@ -193,13 +180,7 @@ def build_id(obj: Path) -> bytes:
 
 def undefined_dynamic_symbols(obj: Path) -> set[str]:
     """The undefined symbols of obj's dynamic symbol table (``nm -D --undefined-only``)."""
-    out = subprocess.run(
-        [_tool("nm"), "-D", "--undefined-only", str(obj)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    out = _tool_output("nm", "-D", "--undefined-only", str(obj))
     return {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
 
 
@@ -323,22 +304,12 @@ def pip_build_sdist(sdist: Path, target: Path, env: dict[str, str]) -> Path:
 
 def elf_facts(path: Path) -> tuple[list[str], set[str], bytes]:
     """(DT_NEEDED entries, undefined dynamic symbols, GNU build-id or b"") of a shared object,
-    as binutils' readelf shows them; skips the test without readelf."""
-    if shutil.which("readelf") is None:
-        pytest.skip("binutils' readelf is not installed")
-    out = subprocess.run(
-        ["readelf", "-W", "-d", "--dyn-syms", "-n", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
-    undefined = set()
-    for line in out.splitlines():
-        f = line.split()
-        # Num: Value Size Type Bind Vis Ndx Name
-        if len(f) >= 8 and f[0].endswith(":") and f[6] == "UND":
-            undefined.add(f[7].split("@")[0])
-    m = re.search(r"Build ID: ([0-9a-f]+)", out)
-    return needed, undefined, bytes.fromhex(m.group(1)) if m else b""
+    as binutils shows them; skips the test without binutils."""
+    needed = re.findall(
+        r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", _tool_output("readelf", "-W", "-d", str(path))
+    )
+    try:
+        bid = build_id(path)
+    except LookupError:
+        bid = b""
+    return needed, undefined_dynamic_symbols(path), bid

@@ -17,18 +17,16 @@ so no test leaves a per-thread recording target or the gvisor pending set switch
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
-import importlib.util
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _kcovx_support import Devices, in_thread, run_build
+from _kcovx_support import Devices, in_thread, load_extension, run_build
 
 import kcovx
 from kcovx import _area, abi
@@ -41,19 +39,6 @@ CMP8 = kcovx.KCOV_CMP_SIZE(3)
 CAPSULE_AREA_TYPE = "kcovx._area.Area"  # what area_of says it expected
 # The folder holding the kcovx this interpreter imports: consumers build against it.
 KCOVX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(kcovx.__file__)))
-
-
-def _load(name: str, folder: Path) -> ModuleType:
-    """Import the extension module `name` from folder, without touching sys.path."""
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = folder / f"{name}{suffix}"
-        if path.exists():
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    raise FileNotFoundError(f"no built {name} in {folder}: {sorted(os.listdir(folder))}")
 
 
 def _build(root: Path, kcovx_root: str = KCOVX_ROOT) -> Path:
@@ -83,8 +68,8 @@ def consumers(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Build both consumers in a subprocess and import them: .cy (cimport), .c (capsule)."""
     lib = _build(tmp_path_factory.mktemp("kcovx_consumers"))
     return SimpleNamespace(
-        cy=_load("cy_consumer", lib),
-        c=_load("c_consumer", lib),
+        cy=load_extension("cy_consumer", lib),
+        c=load_extension("c_consumer", lib),
         lib=lib,
         built_against=(lib / "built_against.txt").read_text(encoding="utf-8"),
     )
@@ -173,7 +158,7 @@ def test_consumer_refuses_an_incompatible_capsule(
     monkeypatch.setattr(_area, "_C_API", capsule_new(ctypes.addressof(fake), c_name, None))
     copy = _copy_built(consumers, module, tmp_path / "copy")
     with pytest.raises(error, match=r"kcovx|PyCapsule") as info:
-        _load(module, copy)
+        load_extension(module, copy)
     if error is ImportError:
         assert "rebuild it against the installed kcovx" in str(info.value)
 
@@ -224,7 +209,7 @@ def test_consumer_built_against_another_abi_gets_import_error(
 ) -> None:
     message = _OTHER_HEADERS[case][2] + r": rebuild it against the installed kcovx"
     with pytest.raises(ImportError, match=message):
-        _load(module, consumers_of_other_headers[case])
+        load_extension(module, consumers_of_other_headers[case])
 
 
 # --------------------------------------------------------------------------------------------
