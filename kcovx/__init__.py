@@ -3,8 +3,9 @@
 Public API only: the kcov constants, ``open()``/``Device``, the per-event recorders
 ``trace_pc``/``trace_pcs``/``trace_cmp``, ``Area`` (the compiled mapping), ``get_include()``
 for extensions that use the C API, the instrumentation of Python code (``instrument_func``,
-``instrument_module``, ``instrument_imports``) and the symbolizer (``symbolize``, ``blocks``,
-PC tables), the cover files and the errors.  See README.md for the contracts.
+``instrument_module``, ``instrument_imports``; ``cmp=True`` for comparison records), the
+symbolizer (``symbolize``, ``blocks``, PC tables), the decoder of comparison records
+(``comparisons``), the cover files and the errors.  See README.md for the contracts.
 
 ``import kcovx`` loads the compiled core, the device API and the errors only.  The
 instrumentation (``kcovx.instrument``: ast, dis, marshal), the PC registry (``kcovx.pcs``:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         instrument_module,
     )
     from kcovx.pcs import Block, blocks, load_pcs_table, symbolize, write_pcs_table
+    from kcovx.records import Comparison, comparisons
 
 __version__ = "0.1.0"
 
@@ -61,8 +63,10 @@ _LAZY = {
     "write_pcs_table": "pcs",
     "read_cover": "cover",
     "write_cover": "cover",
+    "Comparison": "records",
+    "comparisons": "records",
 }
-_LAZY_MODULES = frozenset({"cover", "instrument", "pcs", "sancov"})
+_LAZY_MODULES = frozenset({"cover", "instrument", "pcs", "records", "sancov"})
 
 
 def _submodule(name: str) -> Any:
@@ -98,6 +102,7 @@ __all__ = [
     "Area",
     "Block",
     "CacheEntryError",
+    "Comparison",
     "CoverFileError",
     "Device",
     "ImportHook",
@@ -108,6 +113,7 @@ __all__ = [
     "UnknownPCError",
     "__version__",
     "blocks",
+    "comparisons",
     "get_include",
     "instrument_func",
     "instrument_imports",

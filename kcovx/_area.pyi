@@ -1,9 +1,11 @@
 """Stub of kcovx._area, the compiled core: what Python sees of it."""
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from typing_extensions import Buffer
+
+_T = TypeVar("_T")
 
 # kcovx.h's constants: KCOVX_X in C is X here (kcovx.abi re-exports them under kcov's names).
 ABI_VERSION: Final[int]
@@ -58,6 +60,24 @@ def _pending_len() -> int: ...
 def _native_objects() -> list[tuple[bytes, bytes, int, int, int, int]]: ...
 def _native_pc_of(addr: int, /) -> int: ...
 def _native_dropped() -> int: ...
+
+_Action = tuple[int, int, int, int, int, tuple[tuple[Any, int], ...]]
+
+class Comparisons:
+    def __init__(self, actions: Iterable[_Action], /) -> None: ...
+    def cmp(self, i: int, x: _T, /) -> _T: ...
+    def held(self, i: int, x: Any, /) -> Any: ...
+    def __len__(self) -> int: ...
+    @property
+    def actions(
+        self,
+    ) -> tuple[tuple[int, int, int, int, int, tuple[tuple[Any, int], ...]], ...]: ...
+
+CMP_STR_MAX: int
+CMP_EACH_MAX: int
+CMP_CONSTS_MAX: int
+CMP_TAKE: int
+CMP_PEEK: int
 
 class Probe:
     def __init__(self, pcs: Iterable[int], /) -> None: ...

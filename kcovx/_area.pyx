@@ -31,7 +31,7 @@ from cpython.buffer cimport (
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
-from cpython.exc cimport PyErr_SetString
+from cpython.exc cimport PyErr_Clear, PyErr_SetString
 from cpython.long cimport PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
@@ -599,6 +599,226 @@ def trace_cmp(object type, object arg1, object arg2, object pc):
     cdef uint64_t ty = _u64(type), a1 = _u64(arg1), a2 = _u64(arg2), p = _u64(pc)
     _check_cmp(ty, a1, a2)
     _record_cmp(ty, a1, a2, p)
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison records from instrumented Python code (instrument(..., cmp=True)).  The encoding,
+# the stash and their contracts are in _pycmp.h; the rewrite that places the calls is
+# kcovx.instrument.rewrite (Rewriter.visit_Compare, visit_Match).
+
+cdef extern from "Python.h":
+    # Raw forms (NULL, not an exception, on failure): _cmp_each never raises.
+    PyObject *_raw_iter "PyObject_GetIter"(PyObject *o)
+    PyObject *_raw_next "PyIter_Next"(PyObject *it)
+    void _raw_decref "Py_DECREF"(PyObject *o)
+
+cdef extern from "_pycmp.h":
+    const unsigned KCOVX_PYCMP_STR_MAX
+    ctypedef struct kcovx_pycmp_val_t:
+        uint32_t kind
+        uint32_t n
+    void kcovx_pycmp_encode(PyObject *o, kcovx_pycmp_val_t *out) noexcept
+    void kcovx_pycmp_record(kcovx_area_t *t, const kcovx_pycmp_val_t *a,
+                            const kcovx_pycmp_val_t *b, uint64_t flags, uint64_t pc) noexcept
+    void kcovx_pycmp_push(uint64_t tag, const kcovx_pycmp_val_t *v) noexcept
+    const kcovx_pycmp_val_t *kcovx_pycmp_find(uint64_t tag, int take) noexcept
+
+ctypedef struct cmp_const_t:
+    kcovx_pycmp_val_t val
+    uint64_t pc
+
+ctypedef struct cmp_act_t:
+    uint64_t in_tag     # the stash entry this operand is compared with (in_kind != 0)
+    uint64_t in_pc      # the PC of that comparison's records
+    uint64_t out_tag    # != 0: stash this operand under out_tag for the comparison after it
+    uint32_t in_kind    # 0: none; 1: take the entry; 2: leave it (a match subject)
+    uint32_t in_each    # the operand is a container display: compare with each of its items
+    uint32_t const0     # its literals: pool[const0 .. const0 + nconst)
+    uint32_t nconst
+
+# Items of a container display compared with one operand at most (`x in (a, b, ...)`).
+CMP_EACH_MAX = 64
+# Literals one operand is compared with at most (a literal container, a match's cases).
+CMP_CONSTS_MAX = 256
+CMP_STR_MAX = KCOVX_PYCMP_STR_MAX
+CMP_TAKE = 1
+CMP_PEEK = 2
+
+
+cdef void _cmp_each(kcovx_area_t *t, const kcovx_pycmp_val_t *left, object items,
+                    uint64_t pc) noexcept:
+    """Records of ``left`` against each item of a container display (tuple, set, frozenset
+    or dict: exact types, whose iteration runs no Python code), the first CMP_EACH_MAX."""
+    cdef kcovx_pycmp_val_t v
+    cdef Py_ssize_t i, n
+    cdef PyObject *it
+    cdef PyObject *item
+    if type(items) is tuple:
+        n = min(len(<tuple>items), CMP_EACH_MAX)
+        for i in range(n):
+            kcovx_pycmp_encode(<PyObject *>(<tuple>items)[i], &v)
+            kcovx_pycmp_record(t, left, &v, 0, pc)
+        return
+    if type(items) is not set and type(items) is not frozenset and type(items) is not dict:
+        return
+    it = _raw_iter(<PyObject *>items)
+    if it == NULL:
+        PyErr_Clear()
+        return
+    n = 0
+    while n < CMP_EACH_MAX:
+        item = _raw_next(it)
+        if item == NULL:
+            break
+        kcovx_pycmp_encode(item, &v)
+        kcovx_pycmp_record(t, left, &v, 0, pc)
+        _raw_decref(item)
+        n += 1
+    _raw_decref(it)
+    PyErr_Clear()  # a failed PyIter_Next (no memory): this operand records no more
+
+
+cdef inline void _cmp_act(kcovx_area_t *t, const cmp_act_t *a, const cmp_const_t *pool,
+                          object x) noexcept:
+    cdef kcovx_pycmp_val_t v
+    cdef const kcovx_pycmp_val_t *left
+    cdef uint32_t k
+    if a.in_each:
+        left = kcovx_pycmp_find(a.in_tag, a.in_kind == CMP_TAKE)
+        if left != NULL:
+            _cmp_each(t, left, x, a.in_pc)
+        return
+    kcovx_pycmp_encode(<PyObject *>x, &v)
+    if a.in_kind:
+        left = kcovx_pycmp_find(a.in_tag, a.in_kind == CMP_TAKE)
+        if left != NULL:
+            kcovx_pycmp_record(t, left, &v, 0, a.in_pc)
+    for k in range(a.nconst):
+        kcovx_pycmp_record(t, &pool[a.const0 + k].val, &v, KCOVX_CMP_CONST, pool[a.const0 + k].pc)
+    if a.out_tag:
+        kcovx_pycmp_push(a.out_tag, &v)
+
+
+@cython.final
+@cython.freelist(8)
+cdef class _Held:
+    """What ``Comparisons.held`` returns: a match value pattern reads its value back as
+    ``.v`` (a value pattern must be an attribute lookup)."""
+    cdef readonly object v
+
+
+@cython.final
+cdef class Comparisons:
+    """The comparison recorder of one instrumented unit: ``cmp(i, x)`` returns ``x`` after
+    doing what action i says with it (see kcovx.instrument.unit.CmpAction), when the calling
+    thread traces comparisons (KCOV_TRACE_CMP); otherwise it only returns ``x``.
+
+    ``Comparisons(actions)``: each action a tuple ``(in_kind, in_tag, in_pc, in_each,
+    out_tag, consts)``: in_kind 0 (none), CMP_TAKE or CMP_PEEK: compare ``x`` with the operand
+    stashed under ``in_tag``, recording at ``in_pc`` (``in_each``: ``x`` is a container
+    display, compare with each item); ``consts``: ``((literal, pc), ...)`` literals (int,
+    str or bytes) ``x`` is compared with, at most CMP_CONSTS_MAX; ``out_tag`` (0: none): stash
+    ``x`` for the comparison after it.  Tags and PCs are ints in [0, 2**64).  Copied in at
+    construction; never changes.
+    """
+
+    cdef cmp_act_t *_acts
+    cdef cmp_const_t *_pool
+    cdef Py_ssize_t _n
+    cdef tuple _actions
+
+    def __cinit__(self, actions):
+        cdef tuple items = tuple(actions)
+        cdef Py_ssize_t i, n = len(items), total = 0
+        cdef size_t k
+        cdef object consts
+        self._n = 0
+        for a in items:
+            if type(a) is not tuple or len(<tuple>a) != 6:
+                raise TypeError("kcovx: a comparison action is a 6-tuple")
+            consts = (<tuple>a)[5]
+            if type(consts) is not tuple:
+                raise TypeError("kcovx: a comparison action's literals are a tuple")
+            if len(<tuple>consts) > CMP_CONSTS_MAX:
+                raise ValueError(f"kcovx: more than {CMP_CONSTS_MAX} literals in one action")
+            total += len(<tuple>consts)
+        if <size_t>n > SIZE_MAX / sizeof(cmp_act_t) or <size_t>total > SIZE_MAX / sizeof(
+            cmp_const_t
+        ):
+            raise MemoryError("kcovx: a comparison table this large does not fit in memory")
+        self._acts = <cmp_act_t *> calloc(<size_t>(n if n else 1), sizeof(cmp_act_t))
+        self._pool = <cmp_const_t *> calloc(<size_t>(total if total else 1), sizeof(cmp_const_t))
+        if self._acts == NULL or self._pool == NULL:
+            raise MemoryError("kcovx: no memory for a comparison table")
+        k = 0
+        for i in range(n):
+            a = items[i]
+            in_kind, in_tag, in_pc, in_each, out_tag, consts = a
+            if in_kind not in (0, CMP_TAKE, CMP_PEEK) or in_each not in (0, 1):
+                raise ValueError(f"kcovx: comparison action {i} has a bad kind")
+            if in_each and not in_kind:
+                raise ValueError(f"kcovx: comparison action {i} compares items with nothing")
+            self._acts[i].in_kind = in_kind
+            self._acts[i].in_each = in_each
+            self._acts[i].in_tag = _u64(in_tag)
+            self._acts[i].in_pc = _u64(in_pc)
+            self._acts[i].out_tag = _u64(out_tag)
+            self._acts[i].const0 = <uint32_t>k
+            self._acts[i].nconst = <uint32_t>len(<tuple>consts)
+            for c in consts:
+                if type(c) is not tuple or len(<tuple>c) != 2:
+                    raise TypeError("kcovx: a comparison literal is a (value, pc) pair")
+                value, pc = c
+                if type(value) not in (int, str, bytes):
+                    raise TypeError(
+                        f"kcovx: a comparison literal is an int, str or bytes, not "
+                        f"{type(value).__name__}"
+                    )
+                kcovx_pycmp_encode(<PyObject *>value, &self._pool[k].val)
+                if self._pool[k].val.kind == 0:
+                    raise ValueError(f"kcovx: comparison literal {value!r} is outside 64 bits")
+                self._pool[k].pc = _u64(pc)
+                k += 1
+        self._n = n
+        self._actions = items
+
+    def __dealloc__(self):
+        free(self._acts)
+        free(self._pool)
+
+    @cython.binding(False)  # a builtin method: CPython specialises calls to it
+    def cmp(self, Py_ssize_t i, object x):
+        """Record what action i says about ``x`` (if this thread traces comparisons) and
+        return ``x``.  Never raises: an index out of range records nothing."""
+        cdef kcovx_area_t *t = kcovx_tls_cmp_target
+        if t != NULL and <size_t>i < <size_t>self._n:
+            _cmp_act(t, &self._acts[i], self._pool, x)
+        return x
+
+    @cython.binding(False)
+    def held(self, Py_ssize_t i, object x):
+        """``cmp(i, x)``, returning an object whose ``.v`` is ``x`` (for match value
+        patterns, which must be attribute lookups)."""
+        cdef kcovx_area_t *t = kcovx_tls_cmp_target
+        cdef _Held h = _Held.__new__(_Held)
+        if t != NULL and <size_t>i < <size_t>self._n:
+            _cmp_act(t, &self._acts[i], self._pool, x)
+        h.v = x
+        return h
+
+    def __len__(self):
+        return self._n
+
+    @property
+    def actions(self):
+        """The actions, as given."""
+        return self._actions
+
+    def __repr__(self):
+        return f"<kcovx.Comparisons of {self._n} actions>"
+
+    def __reduce__(self):
+        return (Comparisons, (self._actions,))
 
 
 # --------------------------------------------------------------------------------------------

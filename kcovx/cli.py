@@ -1,9 +1,10 @@
 """The command line: ``kcovx`` (or ``python -m kcovx``) with one of the subcommands
 
 - ``run [--profile P] [--size N] [--include PAT]... [--exclude PAT]... [--output FILE]
-  [--pcs-table FILE] (script.py | -m module) [args...]``: run a program instrumented, with
-  kcov enabled on its main thread, recording into the cover file; write the PC table; print a
-  summary (``kcovx.run``);
+  [--pcs-table FILE] [--cmp] (script.py | -m module) [args...]``: run a program
+  instrumented, with kcov enabled on its main thread, recording into the cover file (with
+  ``--cmp``, linux profile: comparison records); write the PC table; print a summary
+  (``kcovx.run``);
 - ``symbolize [--pcs-table FILE] [--cover FILE | --all]``: hex PCs on stdin (any number a line,
   as ``od`` prints them; ``0x`` optional), or the PCs of a cover file, to ``PC`` +
   ``file:line.col,line.col`` line pairs on stdout (gVisor's ``runsc symbolize`` format);
@@ -295,6 +296,7 @@ def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             exclude=opts.exclude,
             output=opts.output,
             table=opts.pcs_table,
+            cmp=opts.cmp,
         )
     except OSError as e:
         print(f"kcovx run: {e}", file=sys.stderr)
@@ -349,6 +351,12 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="FILE",
         help="the cover file: the area, recorded into from the start (count word + PCs, u64 "
         "LE; default %(default)s)",
+    )
+    run.add_argument(
+        "--cmp",
+        action="store_true",
+        help="instrument comparisons too and trace them (KCOV_TRACE_CMP; needs --profile "
+        "linux): the cover file holds comparison records, 4 words each",
     )
     run.add_argument(
         "--pcs-table",

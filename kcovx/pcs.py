@@ -52,10 +52,12 @@ __all__ = [
     "PCsTable",
     "block_pc",
     "blocks",
+    "comparison_sites",
     "format_block",
     "load_pcs_table",
     "parse_pc",
     "read_pcs_table",
+    "site_pc",
     "symbolize",
     "symbolize_native",
     "unit_hash",
@@ -112,9 +114,17 @@ def block_pc(unit: int, function: str, occurrence: int, ordinal: int, salt: int 
     return (unit << 32) | _h32(b"kcovx-block\0" + key)
 
 
+def site_pc(unit: int, function: str, occurrence: int, ordinal: int, salt: int = 0) -> int:
+    """The PC of a comparison site (``cmp=True``), as ``block_pc`` with the site's ordinal
+    among its function's comparison sites, in a hash domain of its own."""
+    key = f"{function}\0{occurrence}\0{ordinal}\0{salt}".encode("utf-8", "surrogatepass")
+    return (unit << 32) | _h32(b"kcovx-cmp\0" + key)
+
+
 _lock = threading.Lock()
 _blocks: dict[int, Block] = {}
 _idents: dict[int, Ident] = {}
+_sites: set[int] = set()  # the PCs in _blocks that are comparison sites, not blocks
 
 
 def conflicts(pcs: Iterable[int], idents: Iterable[Ident]) -> set[int]:
@@ -127,17 +137,22 @@ def conflicts(pcs: Iterable[int], idents: Iterable[Ident]) -> set[int]:
     return out
 
 
-def register(entries: Iterable[tuple[Block, Ident]]) -> set[int]:
-    """Register blocks atomically.  Returns the conflicting PCs (nothing registered) or an
-    empty set (all registered, or already known as the same blocks)."""
+def register(
+    entries: Iterable[tuple[Block, Ident]], sites: Iterable[tuple[Block, Ident]] = ()
+) -> set[int]:
+    """Register blocks and comparison sites atomically.  Returns the conflicting PCs
+    (nothing registered) or an empty set (all registered, or already known as the same)."""
     items = list(entries)
+    site_items = list(sites)
+    every = items + site_items
     with _lock:
-        bad = conflicts((b.pc for b, _ in items), (i for _, i in items))
+        bad = conflicts((b.pc for b, _ in every), (i for _, i in every))
         if bad:
             return bad
-        for block, ident in items:
+        for block, ident in every:
             _blocks[block.pc] = block
             _idents[block.pc] = ident
+        _sites.update(b.pc for b, _ in site_items)
     return set()
 
 
@@ -187,7 +202,14 @@ def symbolize_native(pc: int, objects: Iterable[NativeObject]) -> Block:
 def blocks() -> list[Block]:
     """Every block instrumented in this process so far, sorted by PC."""
     with _lock:
-        return sorted(_blocks.values())
+        return sorted(b for pc, b in _blocks.items() if pc not in _sites)
+
+
+def comparison_sites() -> list[Block]:
+    """Every comparison site (``cmp=True``) instrumented in this process so far, sorted by
+    PC: its extent is the operator's (a match pattern's) span."""
+    with _lock:
+        return sorted(_blocks[pc] for pc in _sites)
 
 
 def format_block(block: Block) -> str:
@@ -209,16 +231,16 @@ def write_pcs_table(
     table: Iterable[Block] | None = None,
     objects: Iterable[NativeObject] | None = None,
 ) -> int:
-    """Write the PC table (every known block, or ``table``; the native objects this process
-    recorded from, or ``objects``) to ``path`` as JSON, atomically, replacing only a regular
-    file.  Returns the number of blocks written."""
+    """Write the PC table (every known block and comparison site, or ``table``; the native
+    objects this process recorded from, or ``objects``) to ``path`` as JSON, atomically,
+    replacing only a regular file.  Returns the number of blocks (and sites) written."""
     import json
 
     if objects is None:
         from kcovx.sancov import objects as seen
 
         objects = seen()
-    rows = sorted(blocks() if table is None else table)
+    rows = sorted(blocks() + comparison_sites() if table is None else table)
     doc = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import kcovx
-from kcovx import cover, instrument, pcs
+from kcovx import abi, cover, instrument, pcs
 from kcovx._files import check_writable
 
 __all__ = ["Summary", "run", "summarize"]
@@ -72,8 +72,14 @@ class Summary:
     # has no list of all its blocks, so no percentage; `kcovx symbolize` names them.
     native: int = 0
     native_objects: int = 0
+    # --cmp: the area holds comparison records (4 words each): how many, at how many sites.
+    cmp: bool = False
+    records: int = 0
+    sites: int = 0
 
     def format(self) -> str:
+        if self.cmp:
+            return self._format_cmp()
         lines = [
             f"kcovx run: {self.recorded} PCs recorded ({self.profile} profile, area of "
             f"{self.size} words), {self.unique} unique blocks"
@@ -99,6 +105,17 @@ class Summary:
             f"PC table -> {self.table} ({self.table_blocks} blocks)"
         )
         return "\n".join(lines)
+
+    def _format_cmp(self) -> str:
+        return "\n".join(
+            (
+                f"kcovx run: {self.records} comparison records ({self.profile} profile, "
+                f"KCOV_TRACE_CMP, area of {self.size} words) from {self.sites} comparison sites"
+                + (", area full: records were dropped (use --size)" if self.clipped else ""),
+                f"  area -> {self.output} ({1 + 4 * self.records} words); "
+                f"PC table -> {self.table} ({self.table_blocks} blocks and sites)",
+            )
+        )
 
 
 class _Terminated(BaseException):
@@ -162,10 +179,10 @@ def _as_main(argv0: str, args: Sequence[str], path0: str | None) -> Iterator[Non
             sys.modules["__main__"] = saved_main
 
 
-def _script_unit(path: str) -> instrument.Unit:
+def _script_unit(path: str, cmp: bool) -> instrument.Unit:
     with open(path, "rb") as f:
         source = f.read()
-    return instrument.instrument_source(source, os.path.abspath(path), "__main__")
+    return instrument.instrument_source(source, os.path.abspath(path), "__main__", cmp=cmp)
 
 
 def _run_script(path: str, unit: instrument.Unit, args: Sequence[str]) -> None:
@@ -205,7 +222,7 @@ def _instrument_loaded(hook: instrument.ImportHook) -> set[str]:
     done = set()
     for name, mod in _source_modules(hook):
         with contextlib.suppress(OSError, ValueError, SyntaxError):
-            instrument.instrument_module(mod)
+            instrument.instrument_module(mod, cmp=hook.cmp)
             done.add(name)
     return done
 
@@ -315,18 +332,23 @@ def _execute(
     return 0
 
 
-def _write_outputs(output: str, count: int, table: str, err: TextIO) -> tuple[int, bool]:
-    """Cut the cover file to its PCs and write the PC table: (blocks in it, whether it failed)."""
+def _write_outputs(output: str, words: int, table: str, err: TextIO) -> tuple[int, bool]:
+    """Cut the cover file to its count word and ``words`` more and write the PC table:
+    (blocks in it, whether it failed)."""
     try:
-        cover.trim_area_file(output, count)
+        cover.trim_area_file(output, words)
         return pcs.write_pcs_table(table), False
     except OSError as e:
         print(f"kcovx run: writing the outputs failed: {e}", file=err)
         return len(pcs.blocks()), True
 
 
-def _cannot_start(target: str, module: bool, output: str, table: str) -> str | None:
+def _cannot_start(
+    target: str, module: bool, output: str, table: str, *, cmp: bool, profile: str
+) -> str | None:
     """Why the program cannot be run (checked before it is), or None."""
+    if cmp and profile != "linux":
+        return "--cmp needs --profile linux (gVisor's kcov has no comparison tracing)"
     if module:
         if importlib.util.find_spec(target.split(".", maxsplit=1)[0]) is None:
             return f"no module named {target!r}"
@@ -354,14 +376,17 @@ def run(
     output: str,
     table: str,
     err: TextIO | None = None,
+    cmp: bool = False,
 ) -> int:
     """Run ``target`` (a script path, or a module name with ``module=True``) instrumented and
     traced, recording into the cover file ``output``; write the PC table to ``table``; print
-    the summary to ``err``.  The defaults of the command line are ``kcovx.cli.DEFAULTS``.
+    the summary to ``err``.  ``cmp`` (linux profile only): comparisons are instrumented too
+    and the thread traces them (KCOV_TRACE_CMP), so the cover file holds comparison records
+    instead of PCs.  The defaults of the command line are ``kcovx.cli.DEFAULTS``.
     Returns the program's exit status (see the module docstring for SIGTERM and forked
     children); 2 when the program could not be started."""
     err = err if err is not None else sys.stderr
-    problem = _cannot_start(target, module, output, table)
+    problem = _cannot_start(target, module, output, table, cmp=cmp, profile=profile)
     if problem is not None:
         print(f"kcovx run: {problem}", file=err)
         return 2
@@ -369,11 +394,12 @@ def run(
         include=list(include) if include else None,
         exclude=list(exclude),
         always=[target] if module else [],
+        cmp=cmp,
     )
     # Absolute: the program may change the working directory before the outputs are written.
     output_path, table_path = os.path.abspath(output), os.path.abspath(table)
     try:
-        unit = None if module else _script_unit(target)
+        unit = None if module else _script_unit(target, cmp)
     except SyntaxError as e:  # as python reports a script it cannot compile
         traceback.print_exception(type(e), e, None, file=err)
         return 1
@@ -391,7 +417,7 @@ def run(
         in_place = _instrument_loaded(hook)
         pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran
         term.install()
-        kc.enable()
+        kc.enable(abi.KCOV_TRACE_CMP if cmp else abi.KCOV_TRACE_PC)
         try:
             status = _execute(target, unit, args, term, err)
         finally:
@@ -400,14 +426,32 @@ def run(
             return term.finish(status)  # a forked child of the program: nothing of ours to do
         kc.flush()
         kc.disable()
-        count = min(area.count, size - 1)
+        per = abi.KCOV_WORDS_PER_CMP if cmp else 1  # words per entry
+        count = min(area.count, (size - 1) // per)
         with memoryview(area) as words:  # the Area's buffer is uint64 words already
-            recorded: list[int] = words[1 : 1 + count].tolist()
+            recorded: list[int] = words[1 : 1 + count * per].tolist()
         del area  # the mapping goes before the file is cut
     finally:
         if os.getpid() == pid and not kc.closed:
             kc.close()
-    table_blocks, failed = _write_outputs(output_path, count, table_path, err)
+    table_blocks, failed = _write_outputs(output_path, count * per, table_path, err)
+    if cmp:
+        summary = Summary(
+            profile,
+            size,
+            0,
+            0,
+            count >= (size - 1) // per,
+            [],
+            output,
+            table,
+            table_blocks,
+            cmp=True,
+            records=count,
+            sites=len(set(recorded[3::4])),
+        )
+        print(summary.format(), file=err)
+        return term.finish(2 if failed and status == 0 else status)
     summary = summarize(
         recorded,
         profile=profile,

@@ -5,8 +5,10 @@ Where: ``$KCOVX_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/kcovx``, e
 ``~/.cache/kcovx``; created 0700.  One file per entry, named by its key (hex).
 
 Format of an entry: ``MAGIC`` | the key (20 bytes) | SHA-256 of MAGIC + key + payload | payload,
-where the payload is ``marshal.dumps((module, filename, probe_name, code, scopes, n, columns))``:
-the n blocks as columns of fixed-size unsigned ints (the bytes of ``array`` objects).
+where the payload is ``marshal.dumps((module, filename, probe_name, code, scopes, n, columns,
+cmp, m, site_columns, actions))``: the n blocks and the m comparison sites as columns of
+fixed-size unsigned ints (the bytes of ``array`` objects), and the comparison actions as
+tuples (``unit.CmpAction``).
 
 The cache is untrusted input (another process, a full disk or a user may have left anything
 at an entry's name).  An entry is used only if it is a regular file (opened without
@@ -39,12 +41,13 @@ import tempfile
 import types
 from typing import Any
 
+from kcovx._area import Comparisons
 from kcovx._files import read_regular
 from kcovx.errors import CacheEntryError
 from kcovx.instrument.rewrite import REWRITE_VERSION
 from kcovx.instrument.unit import PROBE, BlockRec, Unit
 
-MAGIC = b"kcovxC\x03\n"  # the last byte but one is the entry format's version
+MAGIC = b"kcovxC\x04\n"  # the last byte but one is the entry format's version
 _KEY_SIZE = 20
 _DIGEST_SIZE = 32
 _HEADER = len(MAGIC) + _KEY_SIZE + _DIGEST_SIZE
@@ -81,12 +84,13 @@ def cache_dir() -> str | None:
     return os.path.join(base, "kcovx")
 
 
-def cache_key(source: bytes, filename: str, module: str) -> str:
+def cache_key(source: bytes, filename: str, module: str, cmp: bool = False) -> str:
     h = hashlib.blake2b(digest_size=_KEY_SIZE)
     for part in (
         b"kcovx-code-cache",
         MAGIC,
         str(REWRITE_VERSION).encode(),
+        b"cmp" if cmp else b"",
         importlib.util.MAGIC_NUMBER,
         _INTERPRETER,
         module.encode("utf-8", "surrogatepass"),
@@ -136,27 +140,10 @@ def _column(raw: Any, typecode: str, n: int) -> array.array[int]:
     return col
 
 
-def _unit(data: Any, module: str, filename: str) -> Unit:
-    """The Unit an unmarshalled payload describes, checked field by field.  The blocks are
-    columns of fixed-size unsigned ints (``_COLUMNS``), so checking them is a few C calls."""
-    if type(data) is not tuple or len(data) != 7:
-        raise CacheEntryError("cache entry payload is not a 7-tuple")
-    mod, file, name, code, scopes, n, columns = data
-    if type(mod) is not str or type(file) is not str or type(name) is not str:
-        raise CacheEntryError("cache entry names are not strings")
-    if (mod, file) != (module, filename) or not name.startswith(PROBE):
-        raise CacheEntryError("cache entry is for another module or file, or has no probe name")
-    if type(code) is not types.CodeType or code.co_filename != filename:
-        raise CacheEntryError("cache entry code is not a code object of its file")
-    if name not in code.co_names:  # the module's entry probe loads it
-        raise CacheEntryError("cache entry code does not record through its probe name")
-    if type(scopes) is not list or type(n) is not int or type(columns) is not tuple:
-        raise CacheEntryError("cache entry scopes or blocks are malformed")
-    for i, s in enumerate(scopes):
-        if not (type(s) is tuple and len(s) == 2 and type(s[0]) is str and type(s[1]) is int):
-            raise CacheEntryError("cache entry has a malformed scope")
-        if not -1 <= s[1] < i:
-            raise CacheEntryError("cache entry has a scope whose parent does not precede it")
+def _records(n: Any, columns: Any, scopes: list[Any]) -> list[BlockRec]:
+    """n blocks (or sites) stored as ``_COLUMNS``; a few C calls to check."""
+    if type(n) is not int or type(columns) is not tuple:
+        raise CacheEntryError("cache entry blocks are malformed")
     if not 0 <= n <= MAX_ENTRY or len(columns) != len(_COLUMNS):
         raise CacheEntryError("cache entry blocks are malformed")
     scope, occurrence, ordinal, extents, pcs_ = (
@@ -168,8 +155,52 @@ def _unit(data: Any, module: str, filename: str) -> Unit:
     # map over the columns: the cheapest way to build a few hundred records (warm imports).
     names = [scopes[s][0] for s in scope]
     quads = zip(*[iter(extents)] * 4, strict=True)  # (line, col, end line, end col) per block
-    blocks = list(map(BlockRec, scope, names, occurrence, ordinal, quads, pcs_))
-    return Unit(module, filename, code, blocks, scopes, name)
+    return list(map(BlockRec, scope, names, occurrence, ordinal, quads, pcs_))
+
+
+def _actions(raw: Any) -> list[Any]:
+    """The comparison actions, checked for shape (their values: by Comparisons)."""
+    if type(raw) is not list:
+        raise CacheEntryError("cache entry comparison actions are not a list")
+    for a in raw:
+        if type(a) is not tuple or len(a) != 6 or type(a[5]) is not tuple:
+            raise CacheEntryError("cache entry has a malformed comparison action")
+        if any(type(x) is not int for x in a[:5]):
+            raise CacheEntryError("cache entry has a malformed comparison action")
+    try:
+        Comparisons(raw)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CacheEntryError(f"cache entry has a bad comparison action: {e}") from None
+    return raw
+
+
+def _unit(data: Any, module: str, filename: str) -> Unit:
+    """The Unit an unmarshalled payload describes, checked field by field.  The blocks are
+    columns of fixed-size unsigned ints (``_COLUMNS``), so checking them is a few C calls."""
+    if type(data) is not tuple or len(data) != 11:
+        raise CacheEntryError("cache entry payload is not an 11-tuple")
+    mod, file, name, code, scopes, n, columns, cmp, m, site_columns, actions = data
+    if type(mod) is not str or type(file) is not str or type(name) is not str:
+        raise CacheEntryError("cache entry names are not strings")
+    if (mod, file) != (module, filename) or not name.startswith(PROBE):
+        raise CacheEntryError("cache entry is for another module or file, or has no probe name")
+    if type(code) is not types.CodeType or code.co_filename != filename:
+        raise CacheEntryError("cache entry code is not a code object of its file")
+    if name not in code.co_names:  # the module's entry probe loads it
+        raise CacheEntryError("cache entry code does not record through its probe name")
+    if type(scopes) is not list or type(cmp) is not bool:
+        raise CacheEntryError("cache entry scopes or blocks are malformed")
+    for i, s in enumerate(scopes):
+        if not (type(s) is tuple and len(s) == 2 and type(s[0]) is str and type(s[1]) is int):
+            raise CacheEntryError("cache entry has a malformed scope")
+        if not -1 <= s[1] < i:
+            raise CacheEntryError("cache entry has a scope whose parent does not precede it")
+    blocks = _records(n, columns, scopes)
+    sites = _records(m, site_columns, scopes)
+    acts = _actions(actions) if actions else []
+    if not cmp and (sites or acts):
+        raise CacheEntryError("cache entry has comparison sites but no cmp")
+    return Unit(module, filename, code, blocks, scopes, name, False, cmp, sites, acts)
 
 
 def read_entry(path: str, key: str, module: str, filename: str) -> Unit | None:
@@ -205,15 +236,19 @@ def load(key: str, module: str, filename: str) -> Unit | None:
         return None
 
 
-def entry_bytes(key: str, unit: Unit) -> bytes:
-    """The bytes of the entry that stores ``unit`` under ``key``."""
+def _columns(records: list[BlockRec]) -> tuple[bytes, ...]:
     cols = [array.array(typecode) for typecode, _ in _COLUMNS]
-    for blk in unit.blocks:
+    for blk in records:
         cols[0].append(blk.scope)
         cols[1].append(blk.occurrence)
         cols[2].append(blk.ordinal)
         cols[3].extend(blk.extent)
         cols[4].append(blk.pc)
+    return tuple(c.tobytes() for c in cols)
+
+
+def entry_bytes(key: str, unit: Unit) -> bytes:
+    """The bytes of the entry that stores ``unit`` under ``key``."""
     data = (
         unit.module,
         unit.filename,
@@ -221,7 +256,11 @@ def entry_bytes(key: str, unit: Unit) -> bytes:
         unit.code,
         [(str(q), int(p)) for q, p in unit.scopes],
         len(unit.blocks),
-        tuple(c.tobytes() for c in cols),
+        _columns(unit.blocks),
+        bool(unit.cmp),
+        len(unit.sites),
+        _columns(unit.sites),
+        list(unit.actions),
     )
     payload = marshal.dumps(data)
     raw_key = bytes.fromhex(key)

@@ -80,6 +80,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
     exclude: Sequence[str] = ()
     directory: str | None = None
     always: Sequence[str] = ()  # names instrumented whatever include says (kcovx run's main)
+    cmp: bool = False  # comparisons record too
     _dir: str = field(init=False, default="")
     _site: list[str] | None = field(init=False, default=None)
     _stdlib: list[str] | None = field(init=False, default=None)
@@ -87,6 +88,8 @@ class ImportHook(importlib.abc.MetaPathFinder):
     def __post_init__(self) -> None:
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise TypeError("include and exclude take a list of patterns, not a string")
+        if not isinstance(self.cmp, bool):
+            raise TypeError(f"cmp must be a bool, not {type(self.cmp).__name__}")
         for p in [*(self.include or ()), *self.exclude, *self.always]:
             if not isinstance(p, str) or not p:
                 raise TypeError(f"module name patterns must be non-empty strings, got {p!r}")
@@ -143,7 +146,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
             return None
         if not self.matches(fullname, spec.origin):
             return None
-        spec.loader = InstrumentingLoader(fullname, spec.origin)
+        spec.loader = InstrumentingLoader(fullname, spec.origin, self.cmp)
         return spec
 
     def install(self) -> ImportHook:
@@ -166,9 +169,10 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
     probe is bound in the new module's globals when the module is created (the fast path of
     LOAD_GLOBAL) and in builtins (see unit.py)."""
 
-    def __init__(self, fullname: str, path: str) -> None:
+    def __init__(self, fullname: str, path: str, cmp: bool = False) -> None:
         super().__init__(fullname, path)
         self._units: dict[str, Unit] = {}
+        self._cmp = cmp
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         module = types.ModuleType(spec.name)
@@ -184,7 +188,7 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
         unit = self._units.get(fullname)
         if unit is None:
             path = self.get_filename(fullname)
-            unit = instrument_source(self.get_data(path), path, fullname)
+            unit = instrument_source(self.get_data(path), path, fullname, cmp=self._cmp)
             unit.install()
             self._units[fullname] = unit
         return unit
@@ -196,11 +200,13 @@ def instrument_imports(
     exclude: Sequence[str] = (),
     *,
     directory: str | None = None,
+    cmp: bool = False,
 ) -> Iterator[ImportHook]:
     """Instrument the modules imported inside the ``with`` block that match (see
-    ``ImportHook``).  Modules already in ``sys.modules`` are not re-imported; use
+    ``ImportHook``); ``cmp``: their comparisons record too (README.md, "Comparison
+    records").  Modules already in ``sys.modules`` are not re-imported; use
     ``instrument_module`` for those."""
-    hook = ImportHook(include, exclude, directory).install()
+    hook = ImportHook(include, exclude, directory, cmp=cmp).install()
     try:
         yield hook
     finally:

@@ -17,12 +17,12 @@ import functools
 import marshal
 import os
 import types
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, overload
 
 from kcovx.errors import InstrumentError, NoSourceError
 from kcovx.instrument.source import instrument_source, register_subtree
-from kcovx.instrument.unit import PROBE, Unit
+from kcovx.instrument.unit import CMP, PROBE, Unit
 
 
 def _iter_code(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -36,12 +36,28 @@ def _is_instrumented(code: types.CodeType) -> bool:
     return any(n.startswith(PROBE) for n in code.co_names)
 
 
+def _records_cmp(code: types.CodeType) -> bool:
+    """Whether instrumented ``code`` (or code nested in it) was instrumented with cmp=True."""
+    return any(n.startswith(CMP) for c in _iter_code(code) for n in c.co_names)
+
+
+def _has_comparisons(code: types.CodeType) -> bool:
+    ops = ("COMPARE_OP", "CONTAINS_OP")
+    return any(i.opname in ops for c in _iter_code(code) for i in dis.get_instructions(c))
+
+
+def _check_cmp(cmp: object) -> bool:
+    if not isinstance(cmp, bool):
+        raise TypeError(f"cmp must be a bool, not {type(cmp).__name__}")
+    return cmp
+
+
 @functools.lru_cache(maxsize=64)
-def _unit_for_file(filename: str, module: str, mtime_ns: int, size: int) -> Unit:
+def _unit_for_file(filename: str, module: str, mtime_ns: int, size: int, cmp: bool) -> Unit:
     del mtime_ns, size  # part of the cache key only
     with open(filename, "rb") as f:
         source = f.read()
-    return instrument_source(source, filename, module, register=False)
+    return instrument_source(source, filename, module, register=False, cmp=cmp)
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,9 +79,9 @@ def _stat(code: types.CodeType) -> os.stat_result:
         ) from None
 
 
-def _source_unit(code: types.CodeType, module: str) -> Unit:
+def _source_unit(code: types.CodeType, module: str, cmp: bool) -> Unit:
     st = _stat(code)
-    return _unit_for_file(code.co_filename, module, st.st_mtime_ns, st.st_size)
+    return _unit_for_file(code.co_filename, module, st.st_mtime_ns, st.st_size, cmp)
 
 
 def _same_place(root: types.CodeType, code: types.CodeType) -> list[types.CodeType]:
@@ -135,14 +151,29 @@ def _scope_of(unit: Unit, code: types.CodeType) -> int:
 
 
 _F = TypeVar("_F")
+_NO_FUNC: Any = object()  # instrument_func(cmp=...) without a function: a decorator
 
 
-def instrument_func(func: _F) -> _F:
+@overload
+def instrument_func(func: _F, *, cmp: bool = False) -> _F: ...
+
+
+@overload
+def instrument_func(*, cmp: bool = False) -> Callable[[_F], _F]: ...
+
+
+def instrument_func(func: Any = _NO_FUNC, *, cmp: bool = False) -> Any:
     """Instrument ``func`` in place (its ``__code__`` is replaced) and return it, so it also
-    works as a decorator.  Accepts functions, methods (their function is instrumented),
-    staticmethod and classmethod objects.  Nested functions and comprehensions defined in it
-    are instrumented too.  Idempotent.  TypeError for anything else; ValueError when the
-    function's source file is not available or no longer matches it."""
+    works as a decorator (``@instrument_func(cmp=True)`` too).  ``cmp``: its comparisons
+    record too (README.md, "Comparison records").  Accepts functions, methods (their
+    function is instrumented), staticmethod and classmethod objects.  Nested functions and
+    comprehensions defined in it are instrumented too.  A function already instrumented is
+    returned as it is, except with ``cmp=True`` when it was instrumented without and has
+    comparisons: InstrumentError (a ValueError).  TypeError for anything else; ValueError
+    when the function's source file is not available or no longer matches it."""
+    _check_cmp(cmp)
+    if func is _NO_FUNC:
+        return functools.partial(instrument_func, cmp=cmp)
     target: Any = func
     if isinstance(target, staticmethod | classmethod | types.MethodType):
         target = target.__func__
@@ -153,9 +184,14 @@ def instrument_func(func: _F) -> _F:
         )
     code = target.__code__
     if _is_instrumented(code):
+        if cmp and not _records_cmp(code) and _has_comparisons(code):
+            raise InstrumentError(
+                f"kcovx: {code.co_qualname!r} is already instrumented without cmp; "
+                "instrument it with cmp=True before its first instrumentation"
+            )
         return func
     module = target.__module__ or "__main__"
-    unit = _source_unit(code, module)
+    unit = _source_unit(code, module, cmp)
     new, scope = _match(unit, code)
     register_subtree(unit, scope)
     unit.install(target.__globals__)
@@ -197,10 +233,12 @@ def _functions_of(mod: types.ModuleType) -> Iterator[types.FunctionType]:
     yield from walk(mod.__dict__, 0)
 
 
-def instrument_module(mod: types.ModuleType) -> types.ModuleType:
+def instrument_module(mod: types.ModuleType, *, cmp: bool = False) -> types.ModuleType:
     """Instrument every function and method defined in the already imported module ``mod``
-    (module-level code and class bodies have already run; they are not re-run).  Returns
+    (module-level code and class bodies have already run; they are not re-run); ``cmp``:
+    their comparisons record too.  Functions already instrumented stay as they are.  Returns
     ``mod``.  TypeError if ``mod`` is not a module; ValueError if it has no Python source."""
+    _check_cmp(cmp)
     if not isinstance(mod, types.ModuleType):
         raise TypeError(f"kcovx.instrument_module() takes a module, not {type(mod).__name__}")
     filename = getattr(mod, "__file__", None)
@@ -213,7 +251,7 @@ def instrument_module(mod: types.ModuleType) -> types.ModuleType:
             source = f.read()
     except OSError as e:
         raise NoSourceError(f"kcovx: cannot read the source of {mod.__name__!r}: {e}") from None
-    unit = instrument_source(source, filename, mod.__name__)
+    unit = instrument_source(source, filename, mod.__name__, cmp=cmp)
     unit.install(mod.__dict__)
     for fn in _functions_of(mod):
         code = fn.__code__

@@ -93,12 +93,18 @@ class BlockNumbering:
     def _pop(self) -> None:
         self.stack.pop()
 
-    def _new_pc(self, extent: tuple[int, int, int, int]) -> int:
-        index, qual, _, _ = self.stack[-1]
+    def _occurrence(self, index: int) -> int:
+        """Which occurrence of its qualified name scope ``index`` is (fixed at its first
+        block or comparison site)."""
         if index not in self.occ:
+            qual = self.scopes[index][0]
             self.occ[index] = self.occurrences.get(qual, 0)
             self.occurrences[qual] = self.occ[index] + 1
-        occ = self.occ[index]
+        return self.occ[index]
+
+    def _new_pc(self, extent: tuple[int, int, int, int]) -> int:
+        index, qual, _, _ = self.stack[-1]
+        occ = self._occurrence(index)
         ordinal = self.ordinals[index]
         self.ordinals[index] += 1
         salt = 0

@@ -24,10 +24,12 @@ Threading: a Rewriter is used by one thread; ``rewrite`` is pure apart from the 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from collections.abc import Sequence
 from typing import Any, cast
 
 from kcovx.instrument import versions
+from kcovx.instrument.compares import CompareSites, Source
 from kcovx.instrument.positions import (
     BRANCHY,
     NO_CODE,
@@ -54,10 +56,10 @@ from kcovx.instrument.probes import (
     fix_missing_locations,
     probe_name,
 )
-from kcovx.instrument.unit import Unit
+from kcovx.instrument.unit import Unit, cmp_names
 
 # Bumped whenever the rewrite changes what it produces: part of the cache key.
-REWRITE_VERSION = 2
+REWRITE_VERSION = 3
 
 
 def _then(probe: ast.expr, expr: ast.expr, tested: bool) -> ast.expr:
@@ -72,7 +74,7 @@ def _then(probe: ast.expr, expr: ast.expr, tested: bool) -> ast.expr:
     return place(ast.Subscript(value=pair, slice=index, ctx=ast.Load()), at)
 
 
-class Rewriter(BlockNumbering, ast.NodeTransformer):
+class Rewriter(BlockNumbering, CompareSites, ast.NodeTransformer):
     """Puts a probe at every block of one module's tree, in place, and records the blocks.
 
     Use: ``Rewriter(module, avoid, probe_name).visit(tree)`` once per tree.  Every visitor
@@ -94,14 +96,30 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
     * ``joined``: ids of the expressions whose value is used and followed by a join of jumps;
     * ``joins_ok``: False while visiting a statement where a probe must add no join of jumps
       (positions.joins_matter).
+
+    With ``cmp``, comparisons are instrumented too (compares.CompareSites and its state);
+    ``source`` is the text, for the operators' spans.
     """
 
-    def __init__(self, module: str, avoid: set[int], probe_name: str) -> None:
+    def __init__(
+        self,
+        module: str,
+        avoid: set[int],
+        probe_name: str,
+        cmp: bool = False,
+        source: str | None = None,
+    ) -> None:
         super().__init__(module, avoid, probe_name)
         self.tested: set[int] = set()
         self.unplaced_then: set[int] = set()
         self.joined: set[int] = set()
         self.joins_ok = True
+        self.cmp = cmp
+        self.source = Source(source) if cmp and source is not None else None
+        self.sites = []
+        self.actions = []
+        self.site_ordinals = {}
+        self.cmp_name, self.held_name = cmp_names(probe_name)
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         """Visit the children of a node that has no visitor of its own, depth first in field
@@ -451,8 +469,21 @@ class Rewriter(BlockNumbering, ast.NodeTransformer):
 
     visit_With = visit_AsyncWith = _visit_with
 
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        if not self.cmp:
+            return self.generic_visit(node)
+        operands = [node.left, *node.comparators]
+        locs = [(first_loc(e), last_loc(e)) for e in operands]
+        node.left = self.visit(node.left)
+        node.comparators = [self.visit(c) for c in node.comparators]
+        self.compare_sites(node, locs)
+        return node
+
     def visit_Match(self, node: ast.Match) -> ast.AST:
+        subject_locs = (first_loc(node.subject), last_loc(node.subject))
         node.subject = self.visit(node.subject)
+        if self.cmp:
+            self.match_sites(node, subject_locs)
         for case in node.cases:
             case.pattern = self.visit(case.pattern)
             if case.guard is not None:
@@ -510,14 +541,23 @@ _OWN_VISITORS = frozenset(
 )
 
 
-def rewrite_source(source: str | bytes, filename: str, module: str, avoid: set[int]) -> Unit:
+def rewrite_source(
+    source: str | bytes, filename: str, module: str, avoid: set[int], cmp: bool = False
+) -> Unit:
     """Instrument ``source`` as module ``module``: parse, rewrite, compile.  ``avoid``: PCs
-    other units have (see Rewriter).  SyntaxError as ``compile`` raises it."""
+    other units have (see Rewriter); ``cmp``: comparisons record too.  SyntaxError as
+    ``compile`` raises it."""
 
     tree = ast.parse(source, filename)
     name = probe_name(source, filename, module)
-    rw = Rewriter(module, avoid, name)
+    text = None
+    if cmp:
+        text = source if isinstance(source, str) else importlib.util.decode_source(source)
+    rw = Rewriter(module, avoid, name, cmp, text)
     rw.visit(tree)
+    rw.finish_sites()
     fix_missing_locations(tree)
     code = versions.compile_tree(tree, filename)
-    return Unit(module, filename, code, rw.blocks, rw.scopes, name, rw.salted)
+    return Unit(
+        module, filename, code, rw.blocks, rw.scopes, name, rw.salted, cmp, rw.sites, rw.actions
+    )

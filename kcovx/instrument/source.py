@@ -14,21 +14,22 @@ from kcovx.instrument.unit import Unit
 
 
 def instrument_source(
-    source: str | bytes, filename: str, module: str, *, register: bool = True
+    source: str | bytes, filename: str, module: str, *, register: bool = True, cmp: bool = False
 ) -> Unit:
-    """Instrument one source file as module ``module`` and (by default) register all its
-    blocks.  SyntaxError as ``compile`` raises it."""
+    """Instrument one source file as module ``module`` (``cmp``: comparisons record too) and
+    (by default) register all its blocks and comparison sites.  SyntaxError as ``compile``
+    raises it."""
     raw = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source
-    key = cache.cache_key(raw, filename, module)
+    key = cache.cache_key(raw, filename, module, cmp)
     unit = cache.load(key, module, filename)
     from_cache = unit is not None
     if unit is None:
-        unit = rewrite_source(source, filename, module, set())
+        unit = rewrite_source(source, filename, module, set(), cmp)
     avoid: set[int] = set()
-    while register and (bad := pcs.register(unit.entries())):
+    while register and (bad := pcs.register(unit.entries(), unit.entries(sites=True))):
         avoid |= bad
         # Salted (its PCs depend on this process): cache.store will not keep it.
-        unit = rewrite_source(source, filename, module, avoid)
+        unit = rewrite_source(source, filename, module, avoid, cmp)
     if not from_cache:
         cache.store(key, unit)
     return unit
@@ -37,7 +38,7 @@ def instrument_source(
 def register_subtree(unit: Unit, root: int) -> Unit:
     """Register the blocks of scope ``root`` of ``unit`` and of the scopes nested in it."""
     keep = unit.subtree(root)
-    bad = pcs.register(unit.entries(keep))
+    bad = pcs.register(unit.entries(keep), unit.entries(keep, sites=True))
     if bad:
         raise RuntimeError(f"kcovx: PC collision while instrumenting {unit.filename}")
     return unit
