@@ -122,6 +122,22 @@ def report_workload(wl: Workload, res: dict[str, ExecResult], configs: list[str]
         ),
         Row("no device / plain", n, ratio["nodev"], _ratios(res["nodev"].us, plain), INFO),
     ]
+    if "cmp" in res:
+        print(f"   comparison records per exec (cmp): {res['cmp'].info['records_per_exec']:.0f}")
+        rows.append(
+            Row("cmp per-input / plain", n, ratio["cmp"], _ratios(res["cmp"].us, plain), INFO)
+        )
+    if "atheris" in res and "cmp" in res:
+        rows.append(
+            Row(
+                "cmp execs/s / atheris execs/s",
+                n,
+                median(res["atheris"].us) / median(res["cmp"].us),
+                _ratios(res["atheris"].us, res["cmp"].us),
+                ATHERIS_GOAL,
+                reachable=ratio["atheris"] >= 2,
+            )
+        )
     if "atheris" in res:
         for prof in ("gvisor", "linux"):
             rows.append(

@@ -5,7 +5,8 @@ Owns: one measurement per process, chosen on the command line
 ``RESULT <json>`` on stdout:
 
 * ``exec WORKLOAD CONFIG``: import the target the configuration's way (plain; kcovx's
-  ``instrument_imports`` with no device, a gvisor or a linux device; atheris; coverage.py's C
+  ``instrument_imports`` with no device, a gvisor or a linux device, or with ``cmp=True`` and
+  a linux device tracing comparisons (``cmp``); atheris; coverage.py's C
   tracer; python-afl), run the inputs through the fuzz-loop harness, warm up, then time REPS
   repetitions; untimed after: each input's outcome, a check that the coverage was live, the
   PCs recorded per exec.
@@ -47,6 +48,41 @@ REP_SECONDS = 0.03 if QUICK else 0.07  # target duration of one repetition
 WARM_SECONDS = 0.05 if QUICK else 0.15
 CALIB_N = 200_000  # iterations of the abs / trace_pc / empty loops
 UNIQUE_BITMAP_WORDS = 4096  # 262,144 block indices: more than every block a workload has
+
+
+def _is_kcovx_cmp_instrumented(mod: types.ModuleType) -> bool:
+    from kcovx.instrument.unit import CMP
+
+    return _is_kcovx_instrumented(mod) and any(k.startswith(CMP) for k in vars(mod))
+
+
+class _CmpRunner:
+    """The per-input protocol of a comparison-tracing fuzzer: reset word 0, run the input,
+    read the records as a zero-copy view (4 words each), on a linux device in
+    KCOV_TRACE_CMP mode."""
+
+    def __init__(self, target: Callable[[Any], object], text: bool) -> None:
+        import kcovx
+
+        self.target, self.text = target, text
+        self.device = kcovx.open("linux")
+        self.device.init_trace(1 << 18)
+        self.words = self.device.mmap()
+        self.device.enable(kcovx.KCOV_TRACE_CMP)
+
+    def run_one(self, data: bytes) -> Any:
+        w = self.words
+        w[0] = 0
+        try:  # noqa: SIM105  (the same try/except as Fuzzer.run_one)
+            self.target(data.decode("utf-8", "replace") if self.text else data)
+        except Exception:
+            pass
+        n = int(w[0])
+        return w[1 : 1 + 4 * n]
+
+    def close(self) -> None:
+        self.device.disable()
+        self.device.close()
 
 
 def _is_kcovx_instrumented(mod: types.ModuleType) -> bool:
@@ -149,6 +185,9 @@ def _import_target(wl: Workload, config: str, info: dict[str, Any]) -> Any:
     if config in ("nodev", "gvisor", "linux", "unique"):
         with kcovx.instrument_imports(include=list(wl.include)):
             import_all(wl)
+    elif config == "cmp":
+        with kcovx.instrument_imports(include=list(wl.include), cmp=True):
+            import_all(wl)
     elif config == "atheris":
         import atheris
 
@@ -202,6 +241,7 @@ def _check_live(config: str, mods: list[types.ModuleType], cov: Any, amap: _AflM
         "gvisor": _is_kcovx_instrumented,
         "linux": _is_kcovx_instrumented,
         "unique": _is_kcovx_instrumented,
+        "cmp": _is_kcovx_cmp_instrumented,
         "atheris": _is_atheris_instrumented,
     }.get(config)
     bad = [m.__name__ for m in mods if check is not None and not check(m)]
@@ -229,6 +269,9 @@ def worker_exec(wl: Workload, config: str) -> dict[str, Any]:
             raise RuntimeError("blocks past the unique bitmap: raise UNIQUE_BITMAP_WORDS")
         fz = Fuzzer(target, profile="linux", size=1 << 17, text=wl.text, unique=UNIQUE_BITMAP_WORDS)
         run = fz.run_one
+    elif config == "cmp":
+        cr = _CmpRunner(target, wl.text)
+        run = cr.run_one
     else:
         run = _plain_runner(target, wl.text)
     amap = None
@@ -255,6 +298,14 @@ def worker_exec(wl: Workload, config: str) -> dict[str, Any]:
         info["pcs_per_exec"] = statistics.fmean(counts)
         info["distinct_per_exec"] = statistics.fmean(distinct)
         fz.close()
+    if config == "cmp":
+        recs = [len(cr.run_one(d)) // 4 for d in inputs]
+        if max(recs) * 4 >= (1 << 18) - 1:
+            raise RuntimeError("the comparison area clipped: raise its size")
+        if max(recs) == 0:
+            raise RuntimeError("no comparison recorded")
+        info["records_per_exec"] = statistics.fmean(recs)
+        cr.close()
     info["modules"] = [m.__name__ for m in mods]
     return {"times": times, **info}
 

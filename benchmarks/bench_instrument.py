@@ -16,7 +16,9 @@ workload:
   <= 12 ns on 3.12/3.13 (info on 3.11); printed beside it, from the same run: a C builtin
   call ``abs(i)`` and the probe itself in a loop, net of the empty loop;
 * kcovx execs/s >= 2x atheris's (``atheris.instrument_imports``, its defaults: control flow
-  and comparisons; inputs run in a plain loop, no libFuzzer), both profiles; "n/a" where
+  and comparisons; inputs run in a plain loop, no libFuzzer), both profiles, and with
+  ``cmp=True`` (``cmp``: comparisons recorded into a linux area in KCOV_TRACE_CMP mode, the
+  records read per input as a view); "n/a" where
   atheris itself costs < 2x plain (only a kcovx faster than plain code could meet it);
 * an import under ``kcovx.instrument_imports`` (creating the hook included) from a warm kcovx
   cache < 3x the plain import of the same modules (normal ``.pyc``); kcovx's own
@@ -80,7 +82,7 @@ ROUNDS = 2 if QUICK else 7  # fresh processes per configuration and workload
 IMPORT_ROUNDS = 3 if QUICK else 11
 WORKER_TIMEOUT_S = 60
 
-EXEC_CONFIGS = ("plain", "nodev", "gvisor", "linux", "unique", "atheris", "ctrace", "afl")
+EXEC_CONFIGS = ("plain", "nodev", "gvisor", "linux", "unique", "cmp", "atheris", "ctrace", "afl")
 IMPORT_MODES = ("plain", "source", "warm", "cold")
 PEER_MODULE = {"atheris": "atheris", "ctrace": "coverage", "afl": "afl"}
 

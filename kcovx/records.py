@@ -18,12 +18,11 @@ from the thread that owns it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, SupportsInt
+from typing import Any, NamedTuple, Protocol
 
 from kcovx import _area
 
-__all__ = ["STR_MAX", "Comparison", "comparisons", "records"]
+__all__ = ["STR_MAX", "Comparison", "Words", "comparisons", "records"]
 
 STR_MAX: int = _area.CMP_STR_MAX  # bytes of a str/bytes operand recorded at most
 _WORDS = _area.WORDS_PER_CMP
@@ -31,6 +30,13 @@ _CONST = _area.CMP_CONST
 _SHIFT = _area.CMP_SIZE_SHIFT
 _MASK = _area.CMP_MASK
 _TYPE_MAX = _area.CMP_TYPE_MAX
+
+
+class Words(Protocol):
+    """An area's words: a numpy view, a memoryview of uint64, a list of ints."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: Any, /) -> Any: ...
 
 
 class Comparison(NamedTuple):
@@ -46,7 +52,7 @@ class Comparison(NamedTuple):
     size: int
 
 
-def records(words: Sequence[SupportsInt]) -> list[tuple[int, int, int, int]]:
+def records(words: Words) -> list[tuple[int, int, int, int]]:
     """The records ``(type, arg1, arg2, pc)`` of a KCOV_TRACE_CMP area (``words``: the whole
     area, word 0 the count; a numpy view, a memoryview of uint64 or a list of ints)."""
     if len(words) == 0:
@@ -62,7 +68,7 @@ def _size(type_: int) -> int:
     return 1 << ((type_ & _MASK) >> _SHIFT)
 
 
-def comparisons(words: Sequence[SupportsInt]) -> list[Comparison]:
+def comparisons(words: Words) -> list[Comparison]:
     """The comparisons the records of a KCOV_TRACE_CMP area encode, in order (see the module
     docstring)."""
     recs = records(words)
