@@ -29,7 +29,8 @@ or non-finite numbers, every field checked): any problem with a table's content 
 ``PCsTableError`` (a ValueError), a path that cannot be opened or is not a regular file an
 OSError.  json is imported only when a table is read or written.  A table (version 2) also
 lists the native objects recorded from (path, build-id hex, load address, unit; the unit must
-be the one the build-id and path give); version 1 tables, without objects, still read.
+be the one the build-id and path give) and, under "comparisons", the comparison sites
+(``cmp=True``) apart from the blocks; version 1 tables, without objects, still read.
 
 Threading: the registry is guarded by one lock; lookups are plain dict reads under the GIL.
 """
@@ -240,11 +241,19 @@ def write_pcs_table(
         from kcovx.sancov import objects as seen
 
         objects = seen()
-    rows = sorted(blocks() + comparison_sites() if table is None else table)
+    if table is None:
+        rows = sorted(blocks())
+        site_rows = comparison_sites()
+    else:
+        with _lock:
+            every = sorted(table)
+        rows = [b for b in every if b.pc not in _sites]
+        site_rows = [b for b in every if b.pc in _sites]
     doc = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,
         "blocks": [[f"{b.pc:#018x}", *b[1:]] for b in rows],
+        "comparisons": [[f"{b.pc:#018x}", *b[1:]] for b in site_rows],
         "objects": [
             {"path": o.path, "build_id": o.build_id, "base": f"{o.base:#x}", "unit": f"{o.unit:#x}"}
             for o in objects
@@ -252,14 +261,17 @@ def write_pcs_table(
     }
     text = json.dumps(doc, separators=(",", ":")) + "\n"  # ASCII: non-ASCII is escaped
     replace_file(os.fsdecode(os.fspath(path)), text.encode("ascii"))
-    return len(rows)
+    return len(rows) + len(site_rows)
 
 
 class PCsTable(NamedTuple):
-    """A PC table as read back: its blocks by PC and its native objects (none in version 1)."""
+    """A PC table as read back: its blocks (and comparison sites) by PC, its native objects
+    (none in version 1), and which of the PCs are comparison sites (``cmp=True``), not
+    blocks."""
 
     blocks: dict[int, Block]
     objects: list[NativeObject]
+    sites: frozenset[int] = frozenset()
 
 
 def _no_float(text: str) -> Any:
@@ -343,6 +355,19 @@ def read_pcs_table(path: str | os.PathLike[str]) -> PCsTable:
         except ValueError as e:
             raise PCsTableError(f"{name}: malformed PC table (block {i}: {e})") from None
         out[block.pc] = block
+    site_rows = doc.get("comparisons", [])
+    if not isinstance(site_rows, list):
+        raise PCsTableError(f"{name}: malformed PC table (comparisons is not a list)")
+    sites = set()
+    for i, row in enumerate(site_rows):
+        try:
+            block = _checked_block(row)
+        except ValueError as e:
+            raise PCsTableError(f"{name}: malformed PC table (comparison {i}: {e})") from None
+        if block.pc in out:
+            raise PCsTableError(f"{name}: malformed PC table (PC {block.pc:#x} listed twice)")
+        out[block.pc] = block
+        sites.add(block.pc)
     objects: list[NativeObject] = []
     if version >= 2:
         items = doc.get("objects")
@@ -355,7 +380,7 @@ def read_pcs_table(path: str | os.PathLike[str]) -> PCsTable:
                 objects.append(_checked_object(item))
             except ValueError as e:
                 raise PCsTableError(f"{name}: malformed PC table (object {i}: {e})") from None
-    return PCsTable(out, objects)
+    return PCsTable(out, objects, frozenset(sites))
 
 
 def load_pcs_table(path: str | os.PathLike[str]) -> dict[int, Block]:

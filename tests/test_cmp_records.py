@@ -607,3 +607,19 @@ def test_kcovx_run_cmp_writes_records(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "--profile linux" in bad.stderr
+
+
+def test_pc_tables_keep_sites_apart_from_blocks(
+    mod: types.ModuleType, rec: Rec, tmp_path: Path
+) -> None:
+    pcs = {c.pc for c in rec(mod.chain3, 1, 2, 3)}
+    path = tmp_path / "t.json"
+    n = kcovx.write_pcs_table(path)
+    table = kcovx.pcs.read_pcs_table(path)
+    assert pcs <= table.sites and pcs <= set(table.blocks)
+    assert table.sites == {b.pc for b in kcovx.pcs.comparison_sites()}
+    assert n == len(table.blocks) == len(kcovx.blocks()) + len(table.sites)
+    assert not table.sites & {b.pc for b in kcovx.blocks()}
+    # a table of blocks only (as older kcovx wrote) reads with no sites
+    kcovx.write_pcs_table(path, kcovx.blocks())
+    assert kcovx.pcs.read_pcs_table(path).sites == frozenset()
