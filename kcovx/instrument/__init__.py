@@ -28,7 +28,7 @@ from typing import Any
 from kcovx.instrument.hook import ImportHook, InstrumentingLoader, instrument_imports
 from kcovx.instrument.live import instrument_func, instrument_module
 from kcovx.instrument.rewrite import REWRITE_VERSION
-from kcovx.instrument.source import instrument_source
+from kcovx.instrument.source import instrument_source, instrument_tree
 from kcovx.instrument.unit import PROBE, Unit
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "instrument_imports",
     "instrument_module",
     "instrument_source",
+    "instrument_tree",
     "run_code",
 ]
 

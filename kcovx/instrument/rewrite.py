@@ -548,7 +548,22 @@ def rewrite_source(
     other units have (see Rewriter); ``cmp``: comparisons record too.  SyntaxError as
     ``compile`` raises it."""
 
-    tree = ast.parse(source, filename)
+    return rewrite_tree(ast.parse(source, filename), source, filename, module, avoid, cmp=cmp)
+
+
+def rewrite_tree(
+    tree: ast.Module,
+    source: str | bytes,
+    filename: str,
+    module: str,
+    avoid: set[int],
+    *,
+    cmp: bool = False,
+) -> Unit:
+    """``rewrite_source`` on a tree already parsed from ``source`` (and possibly rewritten
+    by another tool that keeps positions, as pytest's assertion rewriting does); the tree is
+    changed in place.  The probe name and PCs depend on ``source``, so the same source and
+    tree give the same unit."""
     name = probe_name(source, filename, module)
     text = None
     if cmp:

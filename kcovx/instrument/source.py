@@ -7,9 +7,12 @@ Threading: registration takes kcovx.pcs' lock; the rest is pure or per-file.
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Callable
+
 from kcovx import pcs
 from kcovx.instrument import cache
-from kcovx.instrument.rewrite import rewrite_source
+from kcovx.instrument.rewrite import rewrite_source, rewrite_tree
 from kcovx.instrument.unit import Unit
 
 
@@ -32,6 +35,26 @@ def instrument_source(
         unit = rewrite_source(source, filename, module, avoid, cmp)
     if not from_cache:
         cache.store(key, unit)
+    return unit
+
+
+def instrument_tree(
+    tree: Callable[[], ast.Module],
+    source: str | bytes,
+    filename: str,
+    module: str,
+    *,
+    cmp: bool = False,
+) -> Unit:
+    """Instrument the tree ``tree()`` gives (a fresh parse of ``source``, possibly rewritten
+    by another tool first, such as pytest's assertion rewriting) and register its blocks and
+    sites.  Not cached (the other tool's part is not in the key).  ``tree`` is called again
+    if the PCs collide with other units' and the tree must be instrumented anew."""
+    unit = rewrite_tree(tree(), source, filename, module, set(), cmp=cmp)
+    avoid: set[int] = set()
+    while bad := pcs.register(unit.entries(), unit.entries(sites=True)):
+        avoid |= bad
+        unit = rewrite_tree(tree(), source, filename, module, avoid, cmp=cmp)
     return unit
 
 
