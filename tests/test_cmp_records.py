@@ -623,3 +623,50 @@ def test_pc_tables_keep_sites_apart_from_blocks(
     # a table of blocks only (as older kcovx wrote) reads with no sites
     kcovx.write_pcs_table(path, kcovx.blocks())
     assert kcovx.pcs.read_pcs_table(path).sites == frozenset()
+
+
+CLASS_SOURCE = """
+class Spy(dict):
+    def __getitem__(self, k):
+        if k.startswith("__kcovx"):
+            raise AssertionError(f"the class namespace was asked for {k}")
+        return super().__getitem__(k)
+
+class Meta(type):
+    @classmethod
+    def __prepare__(mcs, name, bases):
+        return Spy()
+
+class K:
+    V = 7
+
+def make(x):
+    class C(metaclass=Meta):
+        a = x == 5
+        b = x in (1, 2)
+        match x:
+            case 5:
+                c = 1
+            case K.V:
+                c = 2
+            case _:
+                c = 3
+    return C
+"""
+
+
+def test_class_bodies_find_the_recorders_as_globals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rec: Rec
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = f"kcx_cmpcls_{uid()}"
+    (tmp_path / f"{name}.py").write_text(CLASS_SOURCE)
+    with kcovx.instrument_imports(include=[name], cmp=True):
+        m = importlib.import_module(name)
+    try:
+        c = m.make(7)
+        assert (c.a, c.b, c.c) == (False, False, 2)
+        cs = rec(m.make, 7)
+        assert (True, 5, 7, 1) in ints(cs) and (False, 7, 7, 1) in ints(cs)
+    finally:
+        forget(name)

@@ -347,9 +347,10 @@ class Rewriter(BlockNumbering, CompareSites, ast.NodeTransformer):
         first = start(node)[0]
         empty_at = None if skip else (first, 0, first, 0)
         body = self._body(node.body, entry=True, skip=skip, empty_at=empty_at)
-        # The probe is looked up as a global, never in the class namespace (a custom
-        # __prepare__ mapping must not see or create it).
-        decl = locate_shallow(ast.Global(names=[self.probe_name]), node.body[0])
+        # The probe (and the comparison recorders) are looked up as globals, never in the
+        # class namespace (a custom __prepare__ mapping must not see or create them).
+        names = [self.probe_name, self.cmp_name, self.held_name] if self.cmp else [self.probe_name]
+        decl = locate_shallow(ast.Global(names=names), node.body[0])
         node.body = [*body[:skip], decl, *body[skip:]]
         self._pop()
         return node
