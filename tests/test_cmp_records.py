@@ -119,15 +119,31 @@ def spans(a, b):
 
 
 @pytest.fixture
-def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+def load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str, str], types.ModuleType]]:
+    """load(stem, source): a fresh module of that source, imported with cmp=True."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_cmprec_{uid()}"
-    (tmp_path / f"{name}.py").write_text(SOURCE)
-    importlib.invalidate_caches()
-    with kcovx.instrument_imports(include=[name], cmp=True):
-        m = importlib.import_module(name)
-    yield m
-    forget(name)
+    names: list[str] = []
+
+    def make(stem: str, source: str) -> types.ModuleType:
+        name = f"kcx_{stem}_{uid()}"
+        (tmp_path / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        names.append(name)
+        with kcovx.instrument_imports(include=[name], cmp=True):
+            return importlib.import_module(name)
+
+    yield make
+    forget(*names)
+
+
+Load = Callable[[str, str], types.ModuleType]
+
+
+@pytest.fixture
+def mod(load: Load) -> types.ModuleType:
+    return load("cmprec", SOURCE)
 
 
 @pytest.fixture
@@ -137,22 +153,8 @@ def cmp_area(devices: Devices) -> Any:
 
 
 @pytest.fixture
-def rec(cmp_area: Any) -> Callable[..., list[Comparison]]:
-    """rec(fn, *args): fn's comparisons, recorded by this thread in KCOV_TRACE_CMP mode."""
-
-    def run(fn: Callable[..., Any], *args: Any) -> list[Comparison]:
-        cmp_area[0] = 0
-        fn(*args)
-        out = comparisons(cmp_area)
-        cmp_area[0] = 0
-        return out
-
-    return run
-
-
-@pytest.fixture
 def raw(cmp_area: Any) -> Callable[..., list[tuple[int, int, int, int]]]:
-    """raw(fn, *args): the records fn makes, undecoded."""
+    """raw(fn, *args): the records fn makes (this thread, KCOV_TRACE_CMP), undecoded."""
 
     def run(fn: Callable[..., Any], *args: Any) -> list[tuple[int, int, int, int]]:
         cmp_area[0] = 0
@@ -160,6 +162,16 @@ def raw(cmp_area: Any) -> Callable[..., list[tuple[int, int, int, int]]]:
         out = records(cmp_area)
         cmp_area[0] = 0
         return out
+
+    return run
+
+
+@pytest.fixture
+def rec(raw: Callable[..., list[tuple[int, int, int, int]]]) -> Callable[..., list[Comparison]]:
+    """rec(fn, *args): fn's comparisons, decoded."""
+
+    def run(fn: Callable[..., Any], *args: Any) -> list[Comparison]:
+        return comparisons([len(r := raw(fn, *args)), *(w for rec in r for w in rec)])
 
     return run
 
@@ -458,33 +470,24 @@ def nest(n):
 
 
 def test_stash_survives_raising_operands_generators_recursion_and_overflow(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    rec: Rec,
+    load: Load, rec: Rec
 ) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_stash_{uid()}"
-    (tmp_path / f"{name}.py").write_text(STASH_SOURCE)
-    with kcovx.instrument_imports(include=[name], cmp=True):
-        m = importlib.import_module(name)
-    try:
-        assert rec(m.left_raises, 5) == []  # the left operand was stashed, the right raised
+    m = load("stash", STASH_SOURCE)
+    assert rec(m.left_raises, 5) == []  # the left operand was stashed, the right raised
 
-        def run_gen() -> object:
-            g = m.gen(3)
-            next(g)
-            return g.send(3)
+    def run_gen() -> object:
+        g = m.gen(3)
+        next(g)
+        return g.send(3)
 
-        assert ints(rec(run_gen)) == [(False, 3, 3, 1)]
-        cs = rec(m.deep, 5)
-        # n == 0 (const) for each level, then deep's == at each level, innermost first
-        assert [c.arg1 for c in cs if not c.const] == [1, 2, 3, 4, 5]
-        # 41 left operands stashed at once: the oldest are dropped, the newest still pair up
-        assert m.nest(0) is True  # (40 == 41) is False, 39 == False is False, ... 0 == False
-        cs = rec(m.nest, 0)
-        assert (False, 40, 41, 1) in ints(cs)
-    finally:
-        forget(name)
+    assert ints(rec(run_gen)) == [(False, 3, 3, 1)]
+    cs = rec(m.deep, 5)
+    # n == 0 (const) for each level, then deep's == at each level, innermost first
+    assert [c.arg1 for c in cs if not c.const] == [1, 2, 3, 4, 5]
+    # 41 left operands stashed at once: the oldest are dropped, the newest still pair up
+    assert m.nest(0) is True  # (40 == 41) is False, 39 == False is False, ... 0 == False
+    cs = rec(m.nest, 0)
+    assert (False, 40, 41, 1) in ints(cs)
 
 
 # -- the decoder on untrusted areas ------------------------------------------------------------
@@ -655,18 +658,9 @@ def make(x):
 """
 
 
-def test_class_bodies_find_the_recorders_as_globals(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rec: Rec
-) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    name = f"kcx_cmpcls_{uid()}"
-    (tmp_path / f"{name}.py").write_text(CLASS_SOURCE)
-    with kcovx.instrument_imports(include=[name], cmp=True):
-        m = importlib.import_module(name)
-    try:
-        c = m.make(7)
-        assert (c.a, c.b, c.c) == (False, False, 2)
-        cs = rec(m.make, 7)
-        assert (True, 5, 7, 1) in ints(cs) and (False, 7, 7, 1) in ints(cs)
-    finally:
-        forget(name)
+def test_class_bodies_find_the_recorders_as_globals(load: Load, rec: Rec) -> None:
+    m = load("cmpcls", CLASS_SOURCE)
+    c = m.make(7)
+    assert (c.a, c.b, c.c) == (False, False, 2)
+    cs = rec(m.make, 7)
+    assert (True, 5, 7, 1) in ints(cs) and (False, 7, 7, 1) in ints(cs)

@@ -171,7 +171,7 @@ class CompareSites:
     ``held_name`` (the unit's two recorder names), ``sites`` (one BlockRec per site, in PC
     order of creation: the result), ``actions`` (one CmpAction per wrapped operand: the
     result), ``site_ordinals`` (next site ordinal per scope).  Uses BlockNumbering's
-    ``stack``, ``unit``, ``taken``, ``avoid``, ``salted`` and scope occurrences."""
+    ``stack``, ``unit``, ``_occurrence`` and ``_take_pc``."""
 
     cmp: bool
     source: Source | None
@@ -195,18 +195,11 @@ class CompareSites:
     def finish_sites(self) -> None:
         """Give every site its PC and put the PCs in the actions."""
         self_: Any = self
-        for site in self.sites:
-            site.occurrence = self_._occurrence(site.scope)
-            salt = 0
-            while True:
-                pc = pcs.site_pc(self_.unit, site.function, site.occurrence, site.ordinal, salt)
-                if pc not in self_.taken and pc not in self_.avoid:
-                    break
-                if pc in self_.avoid:
-                    self_.salted = True
-                salt += 1
-            self_.taken.add(pc)
-            site.pc = pc
+        for s in self.sites:
+            s.occurrence = self_._occurrence(s.scope)
+            s.pc = self_._take_pc(
+                lambda salt, s=s: pcs.site_pc(self_.unit, s.function, s.occurrence, s.ordinal, salt)
+            )
         pc_of = [s.pc for s in self.sites]
         tag = [0, *pc_of]  # tags are site numbers + 1 (0: none)
         self.actions = [

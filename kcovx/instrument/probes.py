@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from kcovx import pcs
@@ -102,20 +102,26 @@ class BlockNumbering:
             self.occurrences[qual] = self.occ[index] + 1
         return self.occ[index]
 
-    def _new_pc(self, extent: tuple[int, int, int, int]) -> int:
-        index, qual, _, _ = self.stack[-1]
-        occ = self._occurrence(index)
-        ordinal = self.ordinals[index]
-        self.ordinals[index] += 1
+    def _take_pc(self, pc_of: Callable[[int], int]) -> int:
+        """The first of ``pc_of(0)``, ``pc_of(1)``, ... (salts) that no block or site of
+        this unit took and no other unit has; it is taken."""
         salt = 0
         while True:
-            pc = pcs.block_pc(self.unit, qual, occ, ordinal, salt)
+            pc = pc_of(salt)
             if pc not in self.taken and pc not in self.avoid:
                 break
             if pc in self.avoid:
                 self.salted = True
             salt += 1
         self.taken.add(pc)
+        return pc
+
+    def _new_pc(self, extent: tuple[int, int, int, int]) -> int:
+        index, qual, _, _ = self.stack[-1]
+        occ = self._occurrence(index)
+        ordinal = self.ordinals[index]
+        self.ordinals[index] += 1
+        pc = self._take_pc(lambda salt: pcs.block_pc(self.unit, qual, occ, ordinal, salt))
         self.blocks.append(BlockRec(index, qual, occ, ordinal, extent, pc))
         return pc
 
