@@ -171,7 +171,8 @@ def rec(raw: Callable[..., list[tuple[int, int, int, int]]]) -> Callable[..., li
     """rec(fn, *args): fn's comparisons, decoded."""
 
     def run(fn: Callable[..., Any], *args: Any) -> list[Comparison]:
-        return comparisons([len(r := raw(fn, *args)), *(w for rec in r for w in rec)])
+        recs = raw(fn, *args)
+        return comparisons([len(recs), *(w for r in recs for w in r)])
 
     return run
 
