@@ -259,7 +259,9 @@ class CompareSites:
                 ops[k].out_tag = pc + 1
                 ops[k + 1].in_kind, ops[k + 1].in_tag, ops[k + 1].in_pc = TAKE, pc + 1, pc
                 ops[k + 1].in_each = 1
-                if isinstance(b, ast.List):  # a tuple, as CPython makes it after ``in``
+                if isinstance(b, ast.List) and k + 1 == len(node.ops):
+                    # A tuple, as CPython makes it of the last operand of a comparison (a list
+                    # in the middle of a chain is compared again, as a list).
                     operands[k + 1] = ast.Tuple(elts=b.elts, ctx=ast.Load())
                     ast.copy_location(operands[k + 1], b)
                 continue
