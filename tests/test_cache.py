@@ -133,6 +133,22 @@ def test_an_entry_whose_code_is_a_string_is_not_executed(env: Env) -> None:
         _behaves(env.load(name), 6)
 
 
+def test_an_entry_with_a_renamed_scope_is_refused(env: Env) -> None:
+    """Well-formed, digested again, but a scope no code object of the entry has: its blocks
+    would have another identity (other PCs)."""
+    name = env.module(7)
+    entry = env.entry_of(name)
+    unit = env.load(name).__spec__.loader.unit(name)
+    scopes = list(unit.scopes)
+    scopes[-1] = ("a", scopes[-1][1])
+    entry.write_bytes(cache.entry_bytes(entry.name, dataclasses.replace(unit, scopes=scopes)))
+    with pytest.raises(CacheEntryError, match="scope 'a'"):
+        cache.read_entry(str(entry), entry.name, name, unit.filename)
+    mod = env.load(name)
+    _behaves(mod, 7)
+    assert [b.pc for b in mod.__spec__.loader.unit(name).blocks] == [b.pc for b in unit.blocks]
+
+
 _NO_HANG = """
 import importlib, sys, kcovx
 sys.path.insert(0, sys.argv[1])

@@ -16,7 +16,8 @@ following a symlink and without blocking, so a FIFO or a device cannot hang the 
 bounded size, carries the key it is looked up by (a file copied or renamed to another
 module's name is refused), and its digest matches, before anything is unmarshalled; then
 every field must have the expected type and values (the code a code object compiled from
-that file, the module and file those asked for, the probe name one the code loads).
+that file, the module and file those asked for, the probe name one the code loads, each
+scope named as one of the code's code objects).
 Anything else is a CacheEntryError inside this module and a miss for the caller, who
 instruments from source.
 The digest detects corruption, not forgery: whoever can write the cache folder can run code
@@ -174,6 +175,28 @@ def _actions(raw: Any) -> list[Any]:
     return raw
 
 
+_INLINED = frozenset(("<listcomp>", "<setcomp>", "<dictcomp>"))
+
+
+def _check_scope_names(code: types.CodeType, scopes: list[tuple[str, int]]) -> None:
+    """Every scope is named as a code object of ``code`` is, or is a comprehension CPython
+    inlined (3.12+) into a scope that is: a well-formed entry with a scope renamed would give
+    its blocks another identity, so other PCs."""
+    names = set()
+    todo = [code]
+    while todo:
+        c = todo.pop()
+        names.add(c.co_qualname)
+        todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    for qual, _ in scopes:
+        if qual in names:
+            continue
+        head, _, last = qual.rpartition(".")
+        if last in _INLINED and (not head or head.removesuffix(".<locals>") in names):
+            continue
+        raise CacheEntryError(f"cache entry has a scope {qual!r:.80} its code does not have")
+
+
 def _unit(data: Any, module: str, filename: str) -> Unit:
     """The Unit an unmarshalled payload describes, checked field by field.  The blocks are
     columns of fixed-size unsigned ints (``_COLUMNS``), so checking them is a few C calls."""
@@ -195,6 +218,7 @@ def _unit(data: Any, module: str, filename: str) -> Unit:
             raise CacheEntryError("cache entry has a malformed scope")
         if not -1 <= s[1] < i:
             raise CacheEntryError("cache entry has a scope whose parent does not precede it")
+    _check_scope_names(code, scopes)
     blocks = _records(n, columns, scopes)
     sites = _records(m, site_columns, scopes)
     acts = _actions(actions) if actions else []

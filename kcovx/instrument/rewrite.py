@@ -59,7 +59,7 @@ from kcovx.instrument.probes import (
 from kcovx.instrument.unit import Unit, cmp_names
 
 # Bumped whenever the rewrite changes what it produces: part of the cache key.
-REWRITE_VERSION = 3
+REWRITE_VERSION = 4
 
 
 def _then(probe: ast.expr, expr: ast.expr, tested: bool) -> ast.expr:
