@@ -66,9 +66,7 @@ def code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
 
 def loads_cmp(code: types.CodeType) -> bool:
     """Whether ``code`` or code nested in it loads a comparison call (``__kcovx_cmp_*``)."""
-    return any(
-        n.startswith(CMP_PREFIXES[0]) for c in code_objects(code) for n in c.co_names
-    )
+    return any(n.startswith(CMP_PREFIXES[0]) for c in code_objects(code) for n in c.co_names)
 
 
 def module_loads_cmp(mod: types.ModuleType) -> bool:

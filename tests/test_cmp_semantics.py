@@ -140,8 +140,7 @@ def test_comparison_cases_are_the_same_while_recording(twins_cmp: Twins) -> None
     # the cases that raise do, with carets under the failing expression where CPython has them
     raising = [n for n in names if got[n]["outcome"][0] == "raised"]
     assert raising == [n for n in names if n.startswith("case_raise_")]
-    if sys.version_info >= (3, 11):
-        assert all("^" in (got[n]["traceback"] or "") for n in raising)
+    assert all("^" in (got[n]["traceback"] or "") for n in raising)
     assert not any("__kcovx" in (got[n]["traceback"] or "") for n in raising)
     # the records were made, at this file's comparison sites
     assert len(records) > 50
@@ -170,6 +169,54 @@ def test_comparison_cases_record_nothing_on_threads_not_tracing_cmp(twins_cmp: T
     assert got == {n: outcome(getattr(plain, n)) for n in names}
     sites = {s.pc for s in kcovx.pcs.comparison_sites()}
     assert pcs and not sites & set(pcs)
+
+
+DEEP = """\
+def deep(n):
+    return 0 if n == 0 else 1 + deep(n - 1)
+"""
+
+
+def _max_depth(fn: Callable[[int], Any]) -> int:
+    lo, hi = 1, sys.getrecursionlimit() + 10
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            fn(mid)
+            lo = mid
+        except RecursionError:
+            hi = mid - 1
+    return lo
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["untraced", "settrace"])
+def test_comparison_calls_do_not_count_against_the_recursion_limit(
+    twins: Callable[..., Twins], tracing: bool
+) -> None:
+    """Each frame of deep() makes a comparison call before it recurses; RecursionError comes
+    at the same depth as plain (on 3.11 too, where calls of METH_O builtins count a level;
+    the comparison calls are METH_FASTCALL), also under a local trace function (3.11 then
+    runs unspecialised calls)."""
+    plain, inst = twins("deep", DEEP, cmp=True)
+
+    def local(frame: types.FrameType, event: str, arg: Any) -> Any:
+        return local
+
+    def depths() -> tuple[int, int]:
+        old = sys.gettrace()
+        if tracing:
+            sys.settrace(local)
+        try:
+            return _max_depth(plain.deep), _max_depth(inst.deep)
+        finally:
+            sys.settrace(old)
+
+    here = depths()
+    assert here[1] == here[0]
+    assert sys.getrecursionlimit() - 100 < here[0] < sys.getrecursionlimit()
+    on_thread, records = _recording_thread(depths)  # while recording
+    assert on_thread[1] == on_thread[0]
+    assert records
 
 
 # ---------------------------------------------------------------------------------------------

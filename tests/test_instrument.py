@@ -55,9 +55,9 @@ from _instrument_support import (
     instrumented,
     is_cmp,
     is_kcovx_name,
-    loads_cmp,
     linux,
     load_twins,
+    loads_cmp,
     outcome,
     probe_of,
     take,
@@ -269,7 +269,7 @@ def _raised(fn: Callable[[], Any]) -> BaseException:
         "key", "attr", "zero", "nested", "lambda", "gen", "group", "assert", "compare",
         "unhashable", "pattern", "recursion",
     ],
-)
+)  # fmt: skip
 def test_tracebacks_are_the_same(corpus: Twins, case: str) -> None:
     plain, inst = corpus
     e_plain = _raised(getattr(plain, f"case_raise_{case}"))
@@ -379,9 +379,7 @@ def _battery(source: str, monkeypatch: pytest.MonkeyPatch, cmp: bool = False) ->
     filename = f"/virtual/kcx_battery_{uid()}.py"
     plain: dict[str, Any] = {}
     exec(compile(source, filename, "exec", dont_inherit=True), plain)
-    unit = instrument.instrument_source(
-        source, filename, "kcx_battery", register=False, cmp=cmp
-    )
+    unit = instrument.instrument_source(source, filename, "kcx_battery", register=False, cmp=cmp)
     assert has_probe(unit.code.co_names)
     inst: dict[str, Any] = {}
     unit.install(inst)
@@ -554,7 +552,8 @@ def test_code_objects_keep_their_structure(corpus: Twins) -> None:
         if any(is_kcovx_name(v) for v in varnames):
             # 3.12+ gives every name used in a comprehension inlined in a class body a hidden
             # fast-local slot (plain code does it too, e.g. for len below); no namespace access
-            assert sys.version_info >= (3, 12) and where in ("make_class.<locals>.Local", "Compared")
+            local = where in ("make_class.<locals>.Local", "Compared")
+            assert sys.version_info >= (3, 12) and local, where
             assert p.co_varnames  # (plain: the comprehension's variable and ``len``)
             varnames = tuple(v for v in varnames if not is_kcovx_name(v))
         assert varnames == p.co_varnames, where
@@ -715,7 +714,9 @@ def test_prepare_namespace_never_sees_the_probe(
 ) -> None:
     # Known bug (cmp=True): a class body loads the comparison calls through its namespace;
     # test_cmp_semantics.py has the minimal reproducer.  Remove this mark with the fix.
-    request.applymarker(pytest.mark.xfail(cmp, reason="cmp names read via __prepare__", strict=True))
+    request.applymarker(
+        pytest.mark.xfail(cmp, reason="cmp names read via __prepare__", strict=True)
+    )
     plain, inst = twins("meta", METACLASS_SOURCE)
     for flag in (True, False):
         cp, ci = plain.build(flag), inst.build(flag)
