@@ -750,9 +750,12 @@ def case_compare_match():
 
 def case_compare_scopes():
     log = []
-    g = cmp_gen(log)
+    g, h = cmp_gen(log), cmp_gen(log)
     next(g)
-    steps = [g.send(4), g.send(4), g.send(1), g.send(2)]
+    next(h)
+    # suspended between the operands of a comparison, while others compare in between
+    steps = [g.send(4) == "second", h.send("x"), g.send(4), h.send("x") != 1, g.send(1),
+             h.send(5), g.send(2) in (True, False), h.send(3)]
     comp = [i for i in range(6) if i % 2 == 1 if (j := i * 2) != 6]
     lam = (lambda q, w=len("ab") == 2: (q < 3, w))(2)
     fs = f"{noted(1, log) == 1}-{'a' < noted('b', log)!r:>6}-{3 > 2 if log else 0}"
