@@ -1,7 +1,7 @@
 # The corpus of the instrumentation tests: one module with every kind of block kcovx puts a
 # probe at (branches, loops, boolean operators, comprehensions, closures, try/with/match,
 # generators, coroutines, exception groups, class bodies, decorators, annotations, enum and
-# dataclass, raising cases).  The tests read it as source text (tests/_instrument_support.py),
+# dataclass, comparisons of every kind cmp=True wraps, raising cases).  The tests read it as source text (tests/_instrument_support.py),
 # write it to throwaway modules and import them plain and instrumented; each case_* function
 # is one comparison.  Its odd spellings are deliberate (formatted lines decide positions):
 # the linter and the formatter leave it alone.
@@ -341,6 +341,15 @@ def raiser(kind):
         return list(failing_gen())
     if kind == "group":
         return groups(4)
+    if kind == "compare":
+        return 1 < Counted(2) < (
+            "three")
+    if kind == "unhashable":
+        return kind in {"a", noted([], []), "b"}
+    if kind == "pattern":
+        match Counted(9):
+            case LOOK.missing_attribute_x:
+                return "never"
     assert kind == "ok", ("bad kind", kind)
     return "ok"
 
@@ -606,6 +615,172 @@ def case_methods():
     return out
 
 
+class Counted:
+    """Logs every rich comparison it takes part in."""
+    log = []
+
+    def __init__(self, v):
+        self.v = v
+
+    def __eq__(self, other):
+        Counted.log.append(("eq", self.v, getattr(other, "v", other)))
+        if isinstance(other, str) and other == "boom":
+            raise ValueError("eq raised")
+        return self.v == getattr(other, "v", other)
+
+    def __lt__(self, other):
+        Counted.log.append(("lt", self.v, getattr(other, "v", other)))
+        if isinstance(other, str):
+            return NotImplemented
+        return self.v < getattr(other, "v", other)
+
+    def __gt__(self, other):
+        Counted.log.append(("gt", self.v, getattr(other, "v", other)))
+        return NotImplemented
+
+    __hash__ = None
+
+
+class Lookups:
+    """Counts the attribute lookups of value patterns."""
+    count = 0
+
+    def __getattr__(self, name):
+        if name.startswith("missing"):
+            raise AttributeError(name)
+        Lookups.count += 1
+        return len(name)
+
+
+LOOK = Lookups()
+
+
+def noted(v, log):
+    log.append(v)
+    return v
+
+
+def cmp_gen(log):
+    x = yield
+    r = noted(x, log) == (yield "second")
+    got = yield r
+    yield (got < (yield "fourth")) in [True, noted(False, log)]
+
+
+def with_default(a, b=(COUNTER == 0), c=MODULE_VAR in (3, 4)):
+    return a, b, c
+
+
+@(deco if MODULE_VAR == 3 else None)
+def compared_decorated(x):
+    return x >= 2
+
+
+class Compared:
+    same = MODULE_VAR == 3
+    inside = [n for n in range(5) if n >= 2 != n]
+    if MODULE_VAR in (1, 2, 3):
+        branch = "in"
+
+
+def case_compare_chain():
+    log = []
+    a = noted(1, log) < noted(2, log) <= noted(2, log) != noted(5,
+        log) == noted(3, log) < noted(9, log)
+    b = (noted("x", log)
+         == "x"  # a comment between the operands
+         in noted(("x", "y"), log))
+    c = noted(3, log) \
+        > noted(4, log) > noted(0, log)
+    d = noted(1, log) in (noted(1, log),) == (1,)
+    e = noted(2, log) not in (noted(3, log), 4, "z") != noted(1, log)
+    return a, b, c, d, e, log
+
+
+def case_compare_counted():
+    Counted.log.clear()
+    x, y = Counted(1), Counted(2)
+    out = [x == y, x < y, y > x, x != 1, 1 == x, x == x, Counted(0) < x < Counted(5),
+           x in [y, Counted(1)], x not in (y, 2), x in (x,), 2 > x, x > y]
+    out.append(x == "x")
+    return out, list(Counted.log)
+
+
+def case_compare_containers():
+    log = []
+    out = [noted(2, log) in (1, noted(2, log), 3),
+           noted("ab", log) in ["a", noted("ab", log)],
+           noted(3, log) in {noted(1, log), 3},
+           noted("k", log) in {"j": 1, noted("k", log): 2},
+           noted("bc", log) in "abcd", b"x" not in noted(b"xyz", log),
+           noted(7, log) not in [noted(6, log), *(7, 8)],
+           [1] in [[1], noted([2], log)], (1, 2) == (noted(1, log), 2)]
+    return out, log
+
+
+def case_compare_match():
+    Counted.log.clear()
+    Lookups.count = 0
+    out = []
+    for v in (0, 1, 3, 4, 5, "abc", b"abc", -1, Color.RED, Color.GREEN, Counted(4),
+              [1, 3, 9], [1, 2], {"k": 5}, 2.5, None, True):
+        match v:
+            case 0 | 1:
+                out.append("small")
+            case LOOK.abc | LOOK.abcd as got:
+                out.append(("look", getattr(got, "v", got)))
+            case "abc" | b"abc":
+                out.append("text")
+            case Color.RED:
+                out.append("red")
+            case [1, (2 | 3) as second, *rest] if second == 3:
+                out.append(("list", rest))
+            case {"k": 5 | 6}:
+                out.append("dict")
+            case -1:
+                out.append("neg")
+            case x if x == Color.GREEN or x == 2.5:
+                out.append("guard")
+            case None:
+                out.append("none")
+            case _:
+                out.append("other")
+    return out, Lookups.count, list(Counted.log)
+
+
+def case_compare_scopes():
+    log = []
+    g, h = cmp_gen(log), cmp_gen(log)
+    next(g)
+    next(h)
+    # suspended between the operands of a comparison, while others compare in between
+    steps = [g.send(4) == "second", h.send("x"), g.send(4), h.send("x") != 1, g.send(1),
+             h.send(5), g.send(2) in (True, False), h.send(3)]
+    comp = [i for i in range(6) if i % 2 == 1 if (j := i * 2) != 6]
+    lam = (lambda q, w=len("ab") == 2: (q < 3, w))(2)
+    fs = f"{noted(1, log) == 1}-{'a' < noted('b', log)!r:>6}-{3 > 2 if log else 0}"
+    d = {k: v for k, v in zip("abc", range(3)) if k != "b" and v in (0, 2)}
+    ge = sum(1 for i in range(10) if 3 <= i < 7)
+    if (n := len(log)) > 2 and (m := n * 2) >= 6:
+        walrus = (n, m)
+    else:
+        walrus = None
+    return (steps, comp, j, lam, fs, d, ge, walrus, log, with_default(1),
+            compared_decorated(3), Compared.same, Compared.inside, Compared.branch)
+
+
+def case_compare_eq_raises():
+    Counted.log.clear()
+    out = []
+    for probe in (lambda: Counted(1) == "boom", lambda: "boom" in (Counted(1), 2),
+                  lambda: Counted(1) < Counted(2) == "boom", lambda: Counted(1) < "s"):
+        try:
+            out.append(probe())
+        except (ValueError, TypeError) as e:
+            out.append((type(e).__name__, str(e)))
+    return out, list(Counted.log)
+
+
 def case_raise_key():
     return raiser("key")
 
@@ -636,6 +811,18 @@ def case_raise_group():
 
 def case_raise_assert():
     return raiser("assert")
+
+
+def case_raise_compare():
+    return raiser("compare")
+
+
+def case_raise_unhashable():
+    return raiser("unhashable")
+
+
+def case_raise_pattern():
+    return raiser("pattern")
 
 
 def case_raise_recursion():

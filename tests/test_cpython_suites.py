@@ -11,6 +11,10 @@ and fast suites: parsers (tomllib, json's pure-Python scanner and encoder, html.
 shlex, configparser), algorithms and data structures (difflib, graphlib), numbers and class
 hierarchies (fractions, ipaddress) and class machinery (dataclasses' generated methods,
 enum's metaclass and ``__prepare__`` namespace), plus a large package (email).
+
+The same suites pass with the module instrumented with ``cmp=True`` while the main thread
+records comparisons (KCOV_TRACE_CMP): the same unittest result as plain, comparison records
+made, and their PCs symbolize to the module's own comparison sites.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ SUITES = [
 # No test case is left out: every one passes instrumented as it does plain.  (On 3.11 a
 # call of a builtin counts a level against the recursion limit; when probes were calls,
 # tomllib's test_inline_table_recursion_limit, which nests exactly as deep as the limit
-# allows, failed instrumented only.  Probes are subscripts now, which do not count.)
+# allows, failed instrumented only.  Probes are subscripts now, which do not count.  The
+# comparison calls of cmp=True are calls of builtins, but METH_FASTCALL | METH_KEYWORDS ones,
+# which 3.11 does not count either (only its METH_O and METH_NOARGS calls do): that test
+# passes with cmp=True on 3.11 too, and test_cmp_semantics.py checks the depth directly.)
 
 
 def _test_module(name: str) -> str:
@@ -60,6 +67,12 @@ def _present(test_module: str) -> bool:
 
 def run_both(module: str, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the module's CPython tests plain and instrumented (at the same time: two cores)."""
+    plain, inst = run_modes(module, ("plain", "instrumented"), *args)
+    return plain, inst
+
+
+def run_modes(module: str, modes: tuple[str, ...], *args: str) -> list[dict[str, Any]]:
+    """Run the module's CPython tests in each of ``modes`` of the runner, at the same time."""
     test_module = _test_module(module)
     if not _present(test_module):
         pytest.skip(f"this Python has no test.{test_module} (a distribution left out `test`?)")
@@ -70,7 +83,7 @@ def run_both(module: str, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for mode in ("plain", "instrumented")
+        for mode in modes
     ]
     reports = []
     for p in procs:
@@ -84,7 +97,7 @@ def run_both(module: str, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         assert p.returncode == 0 and lines, f"runner failed ({p.returncode}):\n{out}\n{err}"
         reports.append(json.loads(lines[-1].removeprefix("RESULT ")))
-    return reports[0], reports[1]
+    return reports
 
 
 def _problems(report: dict[str, Any]) -> str:
@@ -118,3 +131,29 @@ def test_cpython_suite_passes_instrumented(module: str, test_module: str) -> Non
     assert set(inst["recorded_files"]) <= set(inst["own_files"]), inst["recorded_files"]
     # CPython's tests cover most of the module: at least half its blocks were recorded.
     assert inst["covered_blocks"] * 2 >= inst["blocks"] > 0, (inst["covered_blocks"], inst)
+
+
+@pytest.mark.parametrize(("module", "test_module"), SUITES, ids=[m for m, _ in SUITES])
+def test_cpython_suite_passes_with_cmp(module: str, test_module: str) -> None:
+    plain, cmp = run_modes(module, ("plain", "cmp"))
+
+    assert not plain["problems"], _problems(plain)
+    assert plain["counts"][0] > 0
+    assert not cmp["problems"], (
+        f"test.{test_module} fails only when {module} is instrumented with cmp=True:\n"
+        f"{_problems(cmp)}"
+    )
+    assert cmp["counts"] == plain["counts"]
+    assert cmp["skipped"] == plain["skipped"]
+
+    # The tests ran against code instrumented with cmp=True, which recorded comparisons at
+    # the module's own comparison sites.
+    assert cmp["kcovx_loader"], cmp["loaders"]
+    probed = cmp["probed_functions"]
+    assert all(n == total for n, total in probed.values()), probed
+    assert sum(n for n, _ in cmp["comparing_functions"].values()) > 0, cmp["comparing_functions"]
+    assert cmp["records"] >= cmp["recorded"] > 0
+    assert cmp["recorded_files"], cmp
+    assert set(cmp["recorded_files"]) <= set(cmp["own_files"]), cmp["recorded_files"]
+    assert cmp["covered_sites"] == cmp["sites_recorded"] > 0
+    assert cmp["sites"] >= cmp["sites_recorded"]
