@@ -100,7 +100,7 @@ def test_cmp_loop_is_deterministic_for_a_seed_whatever_the_profile(fuzz_loop: An
         assert other.corpus == first.corpus
         assert other.execs == first.execs
         assert other.cmp_runs == first.cmp_runs
-        assert list(other.cmp_table) == list(first.cmp_table)
+        assert list(other.cmp_table.items()) == list(first.cmp_table.items())
 
 
 def comparison(arg1: int | bytes, arg2: int | bytes, size: int) -> kcovx.Comparison:
