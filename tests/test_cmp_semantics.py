@@ -6,8 +6,8 @@ the ``case_raise_*`` that raise from a comparison or a match) run plain and inst
 message), rich comparison and attribute lookup counts (the cases return their logs), formatted
 tracebacks (carets included) and ``sys.settrace`` events, and the records were made, at the
 instrumented file's comparison sites.  (test_instrument.py runs every plain-vs-instrumented
-comparison with cmp=True too, with nothing recording.)  The known differences are strict
-xfails here, each with its minimal reproducer.
+comparison with cmp=True too, with nothing recording.)  Differences found and fixed keep their
+minimal reproducer here.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def test_comparison_calls_do_not_count_against_the_recursion_limit(
 
 
 # ---------------------------------------------------------------------------------------------
-# Known differences (strict xfails: the fix makes them pass, and then the mark must go)
+# Differences found and fixed: their minimal reproducers
 
 CHAIN_LIST = """\
 def f(v):
@@ -232,12 +232,8 @@ def middle_list(x):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmp=True makes the list after a non-last ``in`` of a chain a tuple "
-    "(CPython folds only the last comparator)",
-)
 def test_list_after_in_in_the_middle_of_a_chain(twins: Callable[..., Twins]) -> None:
+    # cmp=True made the list a tuple (CPython makes only a comparison's last operand one)
     plain, inst = twins("chainlist", CHAIN_LIST, cmp=True)
     assert plain.middle_list(1) is True
     assert inst.middle_list(1) is True
@@ -275,12 +271,8 @@ def one(x):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a class body loads __kcovx_cmp_* through its namespace (the probe is declared "
-    "global there, the comparison calls are not)",
-)
 def test_class_namespace_never_sees_comparison_calls(twins: Callable[..., Twins]) -> None:
+    # the class body looked __kcovx_cmp_* up in its namespace (now declared global there)
     plain, inst = twins("prepare", PREPARE, cmp=True)
     assert plain.C.gets[-1] == "a"
     assert inst.C.gets == plain.C.gets

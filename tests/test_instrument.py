@@ -709,14 +709,7 @@ def build_plain():
 '''
 
 
-def test_prepare_namespace_never_sees_the_probe(
-    twins: Callable[..., Twins], cmp: bool, request: pytest.FixtureRequest
-) -> None:
-    # Known bug (cmp=True): a class body loads the comparison calls through its namespace;
-    # test_cmp_semantics.py has the minimal reproducer.  Remove this mark with the fix.
-    request.applymarker(
-        pytest.mark.xfail(cmp, reason="cmp names read via __prepare__", strict=True)
-    )
+def test_prepare_namespace_never_sees_the_probe(twins: Callable[..., Twins]) -> None:
     plain, inst = twins("meta", METACLASS_SOURCE)
     for flag in (True, False):
         cp, ci = plain.build(flag), inst.build(flag)
