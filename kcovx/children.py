@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import os
 import sys
 import types
@@ -194,19 +193,6 @@ def _warn(message: str) -> None:
         print(f"kcovx: child process {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
-def _reserve(path: str, nbytes: int) -> None:
-    """Allocate the area file's blocks now, so a full disk is an error here rather than a
-    SIGBUS on an append (as kcovx run does for the parent's file)."""
-    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
-    finally:
-        os.close(fd)
-
-
 class _Recorder:
     """This process's device, enabled on the thread that made it, recording into its own area
     file; ``finish`` writes the outputs once, in the process that made it only."""
@@ -223,8 +209,10 @@ class _Recorder:
         self.kc = kcovx.open(profile=config.profile, path=self.cover)
         try:
             self.kc.init_trace(config.size)
+            # The file stays sparse: reserving its blocks as kcovx run does for the parent's
+            # (8 MiB by default) would add ~20 ms to every fork, in the allocation and in the
+            # freeing when the file is cut.  So on a full disk a child's append faults.
             self.area: kcovx.Area | None = self.kc.map_area()
-            _reserve(self.cover, config.size * 8)
             self.kc.enable(abi.KCOV_TRACE_CMP if config.cmp else abi.KCOV_TRACE_PC)
         except BaseException:
             self.area = None
@@ -312,9 +300,14 @@ def _install_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
-    # After kcovx.tasks' own child hooks (registered when kcovx was imported), which make the
-    # parent's devices not the child's: hooks run in registration order.
-    import kcovx  # noqa: F401  (kcovx.tasks registers its hooks at import)
+    # What a child's recorder and finish use, imported here once rather than in every forked
+    # child (each import there costs the child milliseconds).  kcovx.tasks registers its fork
+    # hooks when kcovx is imported, so they run before ours (hooks run in registration
+    # order) and have made the parent's devices not the child's when ours runs.
+    import json  # noqa: F401  (the PC table)
+
+    import kcovx  # noqa: F401
+    from kcovx import abi, cover, pcs, sancov  # noqa: F401
 
     os.register_at_fork(after_in_child=_after_fork_child)
     atexit.register(_at_exit)
