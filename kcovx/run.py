@@ -146,6 +146,7 @@ class _Sigterm:
         self.received = False
         self.raising = False
         self._old: object = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         main = threading.current_thread() is threading.main_thread()
@@ -153,6 +154,9 @@ class _Sigterm:
             self._old = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            _child_sigterm()
+            return
         self.received = True
         if self.raising:
             self.raising = False
@@ -332,6 +336,15 @@ def _children_record(config: children.Config) -> Iterator[None]:
             children.disable()
         else:
             children.finish()
+
+
+def _child_sigterm() -> None:
+    """SIGTERM in a forked child of the program, whose handler is still kcovx run's: the
+    child's files, then SIGTERM's default action, as the child would die without kcovx (a
+    multiprocessing child's terminate() gives exit code -15, not a traceback)."""
+    children.finish()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _children_written(output: str) -> int:

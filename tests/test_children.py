@@ -298,3 +298,41 @@ def test_config_round_trips() -> None:
     assert "\n" not in config.encode()
     with pytest.raises(TypeError):
         children.enable("not a config")  # type: ignore[arg-type]
+
+
+TERMINATED = textwrap.dedent(
+    """\
+    import json, multiprocessing, os, time
+    import helper
+
+    def sleeper(ready):
+        helper.in_child(1)
+        ready.set()
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context("fork")
+        ready = ctx.Event()
+        p = ctx.Process(target=sleeper, args=(ready,))
+        p.start()
+        assert ready.wait(30)
+        p.terminate()
+        p.join()
+        with open("pids.json", "w") as f:
+            json.dump({"child": p.pid, "exitcode": p.exitcode}, f)
+    """
+)
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_a_terminated_child_dies_by_sigterm_with_its_files_written(
+    project: Path, profile: str
+) -> None:
+    (project / "term.py").write_text(TERMINATED)
+    r = kcovx_run("--profile", profile, "term.py", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    got = json.loads((project / "pids.json").read_text())
+    assert got["exitcode"] == -15  # as without kcovx
+    table = read_pcs_table(str(project / f"kcovx.pcs.{got['child']}"))
+    assert "in_child" in functions(project / f"kcovx.cover.{got['child']}", table)
