@@ -7,6 +7,10 @@ Two artifacts:
   the recording state (``kcovx/kcovx_rt.h``).
 - ``kcovx/sancov/kcovx_dso.o``: a stub every instrumented object links (its destructor tells
   the runtime the object is unloaded).
+- ``kcovx.pth``: the start hook of child processes (``kcovx.children``), copied by ``build_py``
+  to the top of the build, so that it lands in site-packages (where only ``.pth`` files are
+  read at interpreter start): one ``import`` line that does nothing unless ``KCOVX_CHILD`` is
+  set.  It goes into wheels and, through MANIFEST.in, sdists.
 - ``kcovx._area``: the Cython core, linked against the runtime with the rpath
   ``$ORIGIN/sancov``, so ``import kcovx`` loads it and instrumented objects bind to the same copy.
 
@@ -27,6 +31,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_SONAME = "libkcovx_rt.so"
@@ -34,6 +39,8 @@ RUNTIME_SOURCE = "kcovx/sancov/kcovx_rt.c"
 # Linked into every instrumented object (kcovx.sancov.link_args): tells the runtime of dlclose.
 DSO_STUB_SOURCE = "kcovx/sancov/kcovx_dso.c"
 DSO_STUB_OBJECT = "kcovx_dso.o"
+# The start hook of child processes, installed at the top of site-packages.
+START_PTH = "kcovx.pth"
 
 
 def _kept(flag):
@@ -90,6 +97,17 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+class BuildPy(build_py):
+    """build_py that also puts kcovx.pth at the top of the build (site-packages once installed)."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, START_PTH), os.path.join(self.build_lib, START_PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        return [*super().get_outputs(include_bytecode), os.path.join(self.build_lib, START_PTH)]
+
+
 extensions = [
     Extension(
         "kcovx._area",
@@ -104,7 +122,7 @@ extensions = [
 ]
 
 setup(
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
     ext_modules=cythonize(
         extensions,
         language_level=3,

@@ -23,8 +23,10 @@ What is on disk when (the failure model of ``kcovx run``):
 - SIGTERM (when the program has not set a handler of its own) is handled like an exit: the
   program's ``finally`` blocks run, then the outputs are written, then the process ends by
   SIGTERM's default action, so the parent sees a death by SIGTERM (status 143 in a shell).
-- A forked child of the program that returns from it exits with the program's status and
-  writes nothing: the outputs belong to the process that ``kcovx run`` started.
+- Child processes record into files of their own (``kcovx.children``): a forked child of the
+  program that returns from it writes ``<output>.<pid>`` and ``<pcs-table>.<pid>`` and exits
+  with the program's status; the outputs above belong to the process ``kcovx run`` started.
+  Per-process files a former run left at these paths are removed before the program runs.
 
 The summary goes to stderr so the program's own stdout is untouched.
 """
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import kcovx
-from kcovx import abi, cover, instrument, pcs
+from kcovx import abi, children, cover, instrument, pcs
 from kcovx._files import check_writable
 
 __all__ = ["Summary", "run", "summarize"]
@@ -76,6 +78,8 @@ class Summary:
     cmp: bool = False
     records: int = 0
     sites: int = 0
+    # Child processes' cover files (<output>.<pid>) present when the parent finished.
+    children: int = 0
 
     def format(self) -> str:
         if self.cmp:
@@ -104,7 +108,16 @@ class Summary:
             f"  area -> {self.output} ({self.recorded + 1} words); "
             f"PC table -> {self.table} ({self.table_blocks} blocks)"
         )
+        lines.extend(self._children_lines())
         return "\n".join(lines)
+
+    def _children_lines(self) -> list[str]:
+        if not self.children:
+            return []
+        return [
+            f"  {self.children} child process(es) wrote their own cover files -> "
+            f"{self.output}.<pid>, PC tables -> {self.table}.<pid>"
+        ]
 
     def _format_cmp(self) -> str:
         return "\n".join(
@@ -114,6 +127,7 @@ class Summary:
                 + (", area full: records were dropped (use --size)" if self.clipped else ""),
                 f"  area -> {self.output} ({1 + 4 * self.records} words); "
                 f"PC table -> {self.table} ({self.table_blocks} blocks and sites)",
+                *self._children_lines(),
             )
         )
 
@@ -132,6 +146,7 @@ class _Sigterm:
         self.received = False
         self.raising = False
         self._old: object = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         main = threading.current_thread() is threading.main_thread()
@@ -139,6 +154,9 @@ class _Sigterm:
             self._old = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            _child_sigterm()
+            return
         self.received = True
         if self.raising:
             self.raising = False
@@ -212,7 +230,9 @@ def _source_modules(hook: instrument.ImportHook) -> Iterator[tuple[str, types.Mo
         file = getattr(mod, "__file__", None)
         if not isinstance(mod, types.ModuleType) or not isinstance(file, str):
             continue
-        if file.endswith(".py") and name != "__main__" and hook.matches(name, file):
+        # __mp_main__: multiprocessing's name for the program's own __main__.
+        main = name in ("__main__", "__mp_main__")
+        if file.endswith(".py") and not main and hook.matches(name, file):
             yield name, mod
 
 
@@ -272,6 +292,66 @@ def _reserve(path: str, nbytes: int) -> None:
         os.close(fd)
 
 
+# -- child processes (kcovx.children) ----------------------------------------------------------
+
+
+def _children_config(
+    target: str,
+    module: bool,
+    hook: instrument.ImportHook,
+    *,
+    profile: str,
+    size: int,
+    output: str,
+    table: str,
+) -> children.Config:
+    """What the program's children record with: this run's rules and paths (absolute), the
+    current directory for the no-include rule, and the main script multiprocessing reruns."""
+    return children.Config(
+        output=output,
+        table=table,
+        profile=profile,
+        size=size,
+        include=tuple(hook.include) if hook.include is not None else None,
+        exclude=tuple(hook.exclude),
+        always=tuple(hook.always),
+        directory=os.getcwd(),
+        main=None if module else os.path.abspath(target),
+        cmp=hook.cmp,
+    )
+
+
+@contextlib.contextmanager
+def _children_record(config: children.Config) -> Iterator[None]:
+    """The program's children record while it runs (files a former run left for its children
+    go first).  Afterwards, in the process kcovx run started, children started from then on
+    do not record; in a forked child of the program, its own files are written."""
+    pid = os.getpid()
+    children.remove_child_files(config)
+    children.enable(config)
+    try:
+        yield
+    finally:
+        if os.getpid() == pid:
+            children.disable()
+        else:
+            children.finish()
+
+
+def _child_sigterm() -> None:
+    """SIGTERM in a forked child of the program, whose handler is still kcovx run's: the
+    child's files, then SIGTERM's default action, as the child would die without kcovx (a
+    multiprocessing child's terminate() gives exit code -15, not a traceback)."""
+    children.finish()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _children_written(output: str) -> int:
+    """How many children's cover files there are (a folder listing; none is read)."""
+    return len(children.child_files(output))
+
+
 def summarize(
     pcs_read: Sequence[int],
     *,
@@ -281,6 +361,7 @@ def summarize(
     table: str,
     table_blocks: int,
     foreign: Sequence[str] = (),
+    children: int = 0,
 ) -> Summary:
     unique = set(pcs_read)
     native = {pc for pc in unique if pc >> 63}  # kcovx.sancov's rule: bit 63 set
@@ -304,6 +385,7 @@ def summarize(
         list(foreign),
         len(native),
         len({pc >> 32 for pc in native}),
+        children=children,
     )
 
 
@@ -418,12 +500,23 @@ def run(
         pcs.write_pcs_table(table_path)  # a run that dies still leaves what was known before it ran
         term.install()
         kc.enable(abi.KCOV_TRACE_CMP if cmp else abi.KCOV_TRACE_PC)
-        try:
-            status = _execute(target, unit, args, term, err)
-        finally:
-            hook.remove()
+        with _children_record(
+            _children_config(
+                target,
+                module,
+                hook,
+                profile=profile,
+                size=size,
+                output=output_path,
+                table=table_path,
+            )
+        ):
+            try:
+                status = _execute(target, unit, args, term, err)
+            finally:
+                hook.remove()
         if os.getpid() != pid:
-            return term.finish(status)  # a forked child of the program: nothing of ours to do
+            return term.finish(status)  # a forked child of the program: its files are written
         kc.flush()
         kc.disable()
         per = abi.KCOV_WORDS_PER_CMP if cmp else 1  # words per entry
@@ -449,6 +542,7 @@ def run(
             cmp=True,
             records=count,
             sites=len(set(recorded[3::4])),
+            children=_children_written(output_path),
         )
         print(summary.format(), file=err)
         return term.finish(2 if failed and status == 0 else status)
@@ -460,6 +554,7 @@ def run(
         table=table,
         table_blocks=table_blocks,
         foreign=_foreign(hook, in_place),
+        children=_children_written(output_path),
     )
     print(summary.format(), file=err)
     return term.finish(2 if failed and status == 0 else status)
