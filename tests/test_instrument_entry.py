@@ -419,3 +419,28 @@ def test_import_hook_argument_errors() -> None:
         kcovx.ImportHook(include=[""])
     with pytest.raises(TypeError):
         kcovx.ImportHook(include=[3])  # type: ignore[list-item]
+
+
+def test_instrument_tree_takes_a_tree_another_tool_rewrote(tmp_path: Path) -> None:
+    """As pytest's assertion rewriting leaves it: an inserted node with a start but no end."""
+    import ast
+
+    from kcovx.instrument import instrument_tree
+
+    src = b'"""Doc."""\n\nimport os\n\ndef f(x):\n    return x + 1\n'
+    path = tmp_path / "kcx_tree.py"
+    path.write_bytes(src)
+
+    def tree() -> ast.Module:
+        t = ast.parse(src)
+        alias = ast.alias("sys", lineno=3, col_offset=0)
+        t.body.insert(1, ast.Import([alias], lineno=3, col_offset=0))
+        return t
+
+    unit = instrument_tree(tree, src, str(path), "kcx_tree")
+    ns: dict[str, object] = {"__name__": "kcx_tree"}
+    unit.install(ns)
+    exec(unit.code, ns)
+    f = ns["f"]
+    assert callable(f) and f(2) == 3 and "sys" in ns
+    assert {b.function for b in unit.blocks} == {"<module>", "f"}

@@ -157,13 +157,17 @@ def probe_name(source: str | bytes, filename: str, module: str) -> str:
 
 def fix_missing_locations(tree: ast.AST) -> None:
     """``ast.fix_missing_locations`` without recursion: a node without a position takes
-    its parent's."""
+    its parent's; one with a start but no end ends where it starts."""
     todo: list[tuple[ast.AST, tuple[int, int, int, int]]] = [(tree, (1, 0, 1, 0))]
     while todo:
         node, inherited = todo.pop()
         n: Any = node
         at = list(inherited)
         if "lineno" in node._attributes:
+            if getattr(n, "lineno", None) is not None and getattr(n, "end_lineno", None) is None:
+                # A start without an end (another tool's node, such as the imports pytest's
+                # assertion rewriting inserts): it ends where it starts, not at its parent's end.
+                n.end_lineno, n.end_col_offset = n.lineno, getattr(n, "col_offset", None) or 0
             for k, name in enumerate(("lineno", "col_offset", "end_lineno", "end_col_offset")):
                 if getattr(n, name, None) is None:
                     setattr(n, name, at[k])
