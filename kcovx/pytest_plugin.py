@@ -293,7 +293,8 @@ class _Recorder:
         self._rewriter: Any = None  # pytest's AssertionRewritingHook whose exec_module we wrap
         # Segments in the order they were read: (test id, or None between tests; PCs).
         self.segments: list[tuple[str | None, array.array[int]]] = []
-        self.clipped: list[str] = []  # test ids (or "between tests") whose segment filled the area
+        # Test ids (or "between tests", "the session") whose segment filled the area.
+        self.clipped: list[str] = []
         self.summary: str | None = None
         self.failed = False
 
@@ -366,6 +367,12 @@ class _Recorder:
 
                 mod = ast.parse(source, filename=origin)
                 rewrite.rewrite_asserts(mod, source, origin, config)
+                # pytest's inserted imports carry a start but no end: give them their start
+                # (kcovx's fix_missing_locations would give them the module's line 1).
+                for node in ast.walk(mod):
+                    if getattr(node, "end_lineno", 0) is None:
+                        node.end_lineno = node.lineno  # type: ignore[attr-defined]
+                        node.end_col_offset = node.col_offset  # type: ignore[attr-defined]
                 return mod
 
             unit = instrument_tree(tree, source, origin, module.__name__)
@@ -392,7 +399,8 @@ class _Recorder:
         pcs.frombytes(words[1 : 1 + n].cast("B"))
         words[0] = 0
         if n >= top:
-            self.clipped.append(name if name is not None else "(between tests)")
+            where = "the session" if not self.options.per_test else "between tests"
+            self.clipped.append(name if name is not None else where)
         if name is not None or n:
             self.segments.append((name, pcs))
 
@@ -458,7 +466,7 @@ class _Recorder:
             shown = ", ".join(self.clipped[:3]) + (", ..." if len(self.clipped) > 3 else "")
             line += (
                 f"\nkcovx: the area filled (PCs dropped) in {len(self.clipped)} "
-                f"{'segments' if opts.per_test else 'session'}: {shown}; use --kcovx-size "
+                f"segment{'s' if len(self.clipped) > 1 else ''}: {shown}; use --kcovx-size "
                 f"(now {opts.size} words)"
             )
         return line

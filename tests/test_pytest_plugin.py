@@ -58,6 +58,16 @@ def seven():
 """
 
 
+LONG_TEST = """\
+def test_long():
+    total = 0
+    for i in range(3000):
+        if i % 2:
+            total += i
+    assert total
+"""
+
+
 def _has_report() -> bool:
     if importlib.util.find_spec("coverage") is None:
         return False
@@ -131,6 +141,16 @@ def test_linux_profile_and_outputs_elsewhere(project: pytest.Pytester) -> None:
     _, test_hit = _lines_of(table, set(trace), project.path / "test_a.py")
     assert 9 in test_hit
     assert not (project.path / "kcovx.cover").exists()
+
+
+def test_module_with_docstring(project: pytest.Pytester) -> None:
+    """pytest inserts its imports after a docstring with a start position only."""
+    project.makepyfile(test_doc='"""Doc."""\n\nimport os\n\n\ndef test_doc():\n    assert os.sep\n')
+    result = project.runpytest_subprocess("--kcovx")
+    result.assert_outcomes(passed=3)
+    table, seen = _recorded(project.path)
+    _, hit = _lines_of(table, seen, project.path / "test_doc.py")
+    assert {3, 7} <= hit  # the module entry (after the docstring) and the test body
 
 
 @pytest.mark.parametrize("how", ["--assert=plain", "-pno:assertion"])
@@ -226,19 +246,24 @@ def test_bad_options(project: pytest.Pytester, args: list[str], message: str) ->
 
 
 def test_clipping_reported(project: pytest.Pytester) -> None:
-    project.makepyfile(
-        test_long="""
-        def test_long():
-            total = 0
-            for i in range(3000):
-                if i % 2:
-                    total += i
-            assert total
-        """
-    )
+    project.makepyfile(test_long=LONG_TEST)
     result = project.runpytest_subprocess("--kcovx", "--kcovx-profile=linux", "--kcovx-size=512")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["kcovx: the area filled (PCs dropped) in 1 session: *"])
+    result.stdout.fnmatch_lines(
+        ["kcovx: the area filled (PCs dropped) in 1 segment: the session; *"]
+    )
+
+
+@needs_report
+def test_clipping_per_test(project: pytest.Pytester) -> None:
+    project.makepyfile(test_long=LONG_TEST)
+    result = project.runpytest_subprocess(
+        "--kcovx", "--kcovx-profile=linux", "--kcovx-size=512", "--kcovx-per-test"
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["kcovx: the area filled (PCs dropped) in 1 segment: test_long.py::test_long; *"]
+    )
 
 
 @needs_report
