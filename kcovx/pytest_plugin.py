@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -330,7 +330,7 @@ class _Recorder:
             lambda name, origin: code.matches(name, origin) or rewritten.matches(name, origin)
         )
 
-    def _wrap_rewriter(self, wants: Any) -> None:
+    def _wrap_rewriter(self, wants: Callable[[str, str], bool]) -> None:
         """Make pytest's assertion rewriting hook (if it is on) compile the modules ``wants``
         with both rewrites, bypassing its pyc cache for them."""
         try:
@@ -379,7 +379,8 @@ class _Recorder:
             unit.install(module.__dict__)
             exec(unit.code, module.__dict__)
 
-        setattr(hook, "exec_module", exec_module)  # noqa: B010  (an instance attribute: the class is untouched)
+        # An instance attribute (undone by stop): the class and other instances are untouched.
+        setattr(hook, "exec_module", exec_module)  # noqa: B010
         self._rewriter = hook
 
     # -- reading ----------------------------------------------------------------------------

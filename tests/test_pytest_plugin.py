@@ -153,6 +153,18 @@ def test_module_with_docstring(project: pytest.Pytester) -> None:
     assert {3, 7} <= hit  # the module entry (after the docstring) and the test body
 
 
+def test_collection_error_still_writes(project: pytest.Pytester) -> None:
+    """A test module that does not compile is pytest's collection error, as without kcovx;
+    the outputs are written all the same."""
+    project.makepyfile(test_broken="def test_x(:\n    pass\n")
+    result = project.runpytest_subprocess("--kcovx")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*SyntaxError*", "kcovx: * blocks covered *"])
+    table, seen = _recorded(project.path)
+    _, conf_hit = _lines_of(table, seen, project.path / "conftest.py")
+    assert 1 in conf_hit
+
+
 @pytest.mark.parametrize("how", ["--assert=plain", "-pno:assertion"])
 def test_without_assertion_rewriting(project: pytest.Pytester, how: str) -> None:
     result = project.runpytest_subprocess("--kcovx", how, "--kcovx-include=mypkg")
