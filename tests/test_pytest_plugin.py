@@ -102,8 +102,9 @@ def _recorded(where: Path) -> tuple[pcs.PCsTable, set[int]]:
     return pcs.read_pcs_table(where / "kcovx.pcs"), set(cover.read_cover(where / "kcovx.cover"))
 
 
-def test_code_tests_and_conftest_record(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--kcovx")
+@pytest.mark.parametrize("mode", ["prepend", "importlib"])
+def test_code_tests_and_conftest_record(project: pytest.Pytester, mode: str) -> None:
+    result = project.runpytest_subprocess("--kcovx", f"--import-mode={mode}")
     result.assert_outcomes(passed=2)
     result.stdout.re_match_lines([r"kcovx: \d+/\d+ blocks covered \(.*%\) in 3 files, gvisor"])
     table, seen = _recorded(project.path)
