@@ -154,6 +154,20 @@ def test_module_with_docstring(project: pytest.Pytester) -> None:
     assert {3, 7} <= hit  # the module entry (after the docstring) and the test body
 
 
+def test_outputs_that_cannot_be_written(project: pytest.Pytester) -> None:
+    """The output folder vanishes during the session: the summary says so and a passing
+    session's status becomes 3."""
+    out = project.path / "out"
+    out.mkdir()
+    project.makepyfile(
+        test_gone=f"import shutil\n\ndef test_gone():\n    shutil.rmtree({str(out)!r})\n"
+    )
+    result = project.runpytest_subprocess("--kcovx", f"--kcovx-output={out / 'c.cover'}")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["kcovx: writing the outputs failed: *c.cover*"])
+
+
 def test_collection_error_still_writes(project: pytest.Pytester) -> None:
     """A test module that does not compile is pytest's collection error, as without kcovx;
     the outputs are written all the same."""
