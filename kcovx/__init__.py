@@ -12,6 +12,10 @@ instrumentation (``kcovx.instrument``: ast, dis, marshal), the PC registry (``kc
 json when a table is read or written) and the cover files load on first use of one of their
 names, through the module ``__getattr__`` below, so a program that only records PCs, or a fuzzer
 that forks workers, does not pay for them before its own code runs.
+
+PYTEST_DONT_REWRITE: the marker pytest looks for.  kcovx has a pytest plugin, so pytest marks
+this package for assertion rewriting, and without the marker it warns when the package was
+imported before pytest started (``kcovx run -m pytest``), an error under ``-W error``.
 """
 
 from __future__ import annotations
