@@ -291,6 +291,7 @@ class _Recorder:
         self._words: memoryview | None = None
         self._hooks: list[ImportHook] = []
         self._rewriter: Any = None  # pytest's AssertionRewritingHook whose exec_module we wrap
+        self._children = False  # kcovx.children enabled by us
         # Segments in the order they were read: (test id, or None between tests; PCs).
         self.segments: list[tuple[str | None, array.array[int]]] = []
         # Test ids (or "between tests", "the session") whose segment filled the area.
@@ -325,10 +326,30 @@ class _Recorder:
         except OSError as e:
             raise pytest.UsageError(f"--kcovx: cannot start recording: {e}") from None
         self.device = kc
+        self._children_on(rootdir)
         self._hooks = [tests.install(), code.install()]  # code first in sys.meta_path
         self._wrap_rewriter(
             lambda name, origin: code.matches(name, origin) or rewritten.matches(name, origin)
         )
+
+    def _children_on(self, rootdir: str) -> None:
+        """Children the tests start record too (kcovx.children): the same rules, files
+        ``<output>.<pid>`` and ``<pcs-table>.<pid>``; those a former session left go first."""
+        from kcovx import children
+
+        opts = self.options
+        config = children.Config(
+            output=opts.output,
+            table=opts.table,
+            profile=opts.profile,
+            size=opts.size,
+            include=tuple(opts.include) or None,
+            exclude=tuple(opts.exclude),
+            directory=rootdir,
+        )
+        children.remove_child_files(config)
+        children.enable(config)
+        self._children = True
 
     def _wrap_rewriter(self, wants: Callable[[str, str], bool]) -> None:
         """Make pytest's assertion rewriting hook (if it is on) compile the modules ``wants``
@@ -409,6 +430,11 @@ class _Recorder:
 
     def stop(self) -> None:
         """Stop recording and remove the hooks (idempotent); the outputs are not written."""
+        if self._children:
+            from kcovx import children
+
+            children.disable()
+            self._children = False
         if self._rewriter is not None:
             self._rewriter.__dict__.pop("exec_module", None)
             self._rewriter = None

@@ -351,3 +351,33 @@ def test_data_needs_coverage(project: pytest.Pytester, monkeypatch: pytest.Monke
         assert f"{option.split('=')[0]} writes a coverage.py data file: install coverage.py" in (
             result.stderr.str()
         )
+
+
+def test_children_of_tests_record(project: pytest.Pytester) -> None:
+    """A Python child a test starts writes its own files, named by its pid (kcovx.children)."""
+    project.makepyfile(
+        test_child="""
+import subprocess, sys
+
+def test_spawns():
+    code = "import mypkg; print(mypkg.classify(5))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "pos", out.stderr
+"""
+    )
+    stale = project.path / "kcovx.cover.1"
+    stale.write_bytes(b"\0" * 8)  # a former session's child: removed at the start
+    result = project.runpytest_subprocess("--kcovx", "test_child.py")
+    result.assert_outcomes(passed=1)
+    covers = sorted(project.path.glob("kcovx.cover.*"))
+    tables = sorted(project.path.glob("kcovx.pcs.*"))
+    assert len(covers) == 1 and len(tables) == 1 and not stale.exists()
+    pid = covers[0].name.rsplit(".", 1)[1]
+    assert tables[0].name == f"kcovx.pcs.{pid}"
+    child = set(cover.read_cover(covers[0]))
+    table = pcs.read_pcs_table(tables[0])
+    _, hit = _lines_of(table, child, project.path / "mypkg" / "__init__.py")
+    assert 6 in hit  # classify's "pos" return ran in the child only
+    parent_table, parent = _recorded(project.path)
+    _, parent_hit = _lines_of(parent_table, parent, project.path / "mypkg" / "__init__.py")
+    assert 6 not in parent_hit
