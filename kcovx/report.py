@@ -361,6 +361,8 @@ class _FileModel:
         # class line); the innermost one holding a line runs a frame at that line.
         self.codes: list[tuple[int, int, int, tuple[int, ...]]] = []
         tries: list[tuple[int, int, list[int]]] = []  # (body start, body end, handler lines)
+        # (body start, body end, handlers' first line, handlers' last line)
+        self.tries: list[tuple[int, int, int, int]] = []
         cols: dict[int, int] = {}
         self._cols = cols  # line -> 1-based byte column of its first statement
         for node in ast.walk(tree):
@@ -369,11 +371,13 @@ class _FileModel:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
                 end = node.end_lineno or node.lineno
+                head = node.body[0]
+                body = min([head.lineno, *(d.lineno for d in getattr(head, "decorator_list", ()))])
                 # A class body's first line event is its class line, then its docstring's.
                 entry = [node.lineno] if isinstance(node, ast.ClassDef) else []
                 if entry and ast.get_docstring(node, clean=False) is not None:
                     entry.append(node.body[0].lineno)
-                self.codes.append((node.body[0].lineno, end, first, tuple(entry)))
+                self.codes.append((body, end, first, tuple(entry)))
             elif isinstance(node, ast.Lambda):
                 line = node.lineno
                 self.codes.append((line, node.end_lineno or line, line, ()))
@@ -382,6 +386,15 @@ class _FileModel:
             elif isinstance(node, ast.Try | ast.TryStar):
                 handlers = [self.first(h.lineno) for h in node.handlers]
                 tries.append((node.body[0].lineno, node.body[-1].end_lineno or 0, handlers))
+                if node.handlers:
+                    self.tries.append(
+                        (
+                            node.body[0].lineno,
+                            node.body[-1].end_lineno or 0,
+                            node.handlers[0].lineno,
+                            node.handlers[-1].end_lineno or 0,
+                        )
+                    )
             elif isinstance(node, ast.ExceptHandler):
                 self.handlers.add(self.first(node.lineno))
             elif isinstance(node, ast.Raise):
@@ -389,10 +402,16 @@ class _FileModel:
         # coverage.py's possible arcs reach a handler from raise statements only; any line of
         # a try body may raise into its handlers: add those edges (they cost
         # _EXCEPTION_COST, see _cost).
+        # Which line of a try body raised is not recorded: a path leaving it later costs less
+        # (so the body's lines before the raising call are taken to have run, as the
+        # straight-line rule of unordered data takes them).
+        self._exc_cost: dict[Arc, int] = {}
         for lo, hi, handlers in tries:
             for line in self.statements:
                 if lo <= line <= hi:
                     self.succ[line].update(handlers)
+                    for h in handlers:
+                        self._exc_cost.setdefault((line, h), _EXCEPTION_COST + 2 * (hi - line))
         # A module's first line event is its docstring's, if it has one.
         doc = ast.get_docstring(tree, clean=False) is not None
         self.module_entry: tuple[int, ...] = (tree.body[0].lineno,) if doc else ()
@@ -414,7 +433,9 @@ class _FileModel:
         return line not in self.probes or line in self.loops
 
     def _cost(self, a: int, b: int) -> int:
-        return _EXCEPTION_COST if b in self.handlers and a not in self.raises else 1
+        if b in self.handlers and a not in self.raises:
+            return self._exc_cost.get((a, b), _EXCEPTION_COST)
+        return 1
 
     def path(self, a: int, b: int) -> tuple[list[Arc], int] | None:
         """The cheapest path of possible arcs from line ``a`` to line ``b`` (``b`` < 0: to
@@ -483,24 +504,33 @@ class _FileModel:
         a line without a probe that is the only successor of an executed line (exception
         edges aside), and a line without a probe that is the only predecessor of an
         executed line (a loop header before its body, an ``except`` line before its
-        handler's body)."""
+        handler's body).  When a handler of a try ran, its body's lines imply nothing past
+        the body (its ``else``): the exception may have left the body at any of them."""
         if self._pred is None:
             self._pred = defaultdict(set)
             for a, nexts in self.succ.items():
                 for b in nexts:
                     if a > 0 and b > 0:
                         self._pred[b].add(a)
+        caught = [
+            (lo, hi)
+            for lo, hi, h_lo, h_hi in self.tries
+            if any(h_lo <= line <= h_hi for line in executed)
+        ]
         out = set(executed)
         todo = list(executed)
         while todo:
             line = todo.pop()
             nxt = {n for n in self.succ.get(line, ()) if n > 0 and n not in self.handlers}
+            stop = line in self.raises or any(
+                lo <= line <= hi and not all(lo <= n <= hi for n in nxt) for lo, hi in caught
+            )
             prev = self._pred.get(line, set())
-            for group in (nxt if line not in self.raises else set(), prev):
+            for group in (set() if stop else nxt, prev):
                 if len(group) != 1:
                     continue
                 (n,) = group
-                if n not in out and n not in self.probes:
+                if n not in out and n not in self.probes and n in self.statements:
                     out.add(n)
                     todo.append(n)
         return out
@@ -605,8 +635,15 @@ class _Models:
             if pc in model.inner:
                 continue  # a block inside one statement: the frame stays on its line
             frame, closing, cost = self._frame_for(stack, left, key, model, lines[0])
-            for done in stack[len(stack) - closing :] if closing else ():
-                done.raised = cost >= _EXCEPTION_COST
+            closed = stack[len(stack) - closing :] if closing else []
+            for done in closed:
+                # The step went through an exception edge: the innermost closed frame raised
+                # it; the others either passed it on or had returned before (returns are not
+                # recorded).  One that had returned is at a line from which its way out
+                # passes no line but loop headers.
+                done.raised = cost >= _EXCEPTION_COST and (
+                    done is closed[-1] or not self._returns(done)
+                )
                 left[done.key].append(done)
             if closing:
                 del stack[len(stack) - closing :]
@@ -620,6 +657,14 @@ class _Models:
         for frame in stack + [f for frames in left.values() for f in frames]:
             self._exit(frame, out[frame.key[0]])
         return {f: a for f, a in out.items() if a}
+
+    @staticmethod
+    def _returns(frame: _Frame) -> bool:
+        """Whether the frame's way out from its line passes only loop headers."""
+        if frame.last is None or frame.first is None:
+            return False
+        step = frame.model.path(frame.last, -frame.first)
+        return step is not None and all(b < 0 or b in frame.model.loops for _, b in step[0])
 
     @staticmethod
     def _enter(frame: _Frame, line: int, arcs: set[Arc]) -> None:
@@ -719,13 +764,16 @@ class Outputs:
         return any((self.html, self.lcov, self.xml, self.json, self.coverage_data))
 
 
-def _write_outputs(inputs: Inputs, outputs: Outputs, err: TextIO) -> None:
+def _write_outputs(
+    inputs: Inputs, outputs: Outputs, err: TextIO, ordered: bool | None = None
+) -> None:
     import tempfile
 
     _coverage()
     import coverage
+    from coverage.exceptions import NoDataError
 
-    runs = [("", pcs, is_ordered(pcs)) for _, pcs in inputs.covers]
+    runs = [("", pcs, is_ordered(pcs) if ordered is None else ordered) for _, pcs in inputs.covers]
     with tempfile.TemporaryDirectory(prefix="kcovx-report-") as tmp:
         data_file = outputs.coverage_data or os.path.join(tmp, ".coverage")
         try:
@@ -748,7 +796,13 @@ def _write_outputs(inputs: Inputs, outputs: Outputs, err: TextIO) -> None:
             if where is None:
                 continue
             try:
-                make(where)
+                try:
+                    make(where)
+                except NoDataError:
+                    if what != "lcov" or not inputs.covers:
+                        raise
+                    with open(where, "w", encoding="utf-8"):  # native records only
+                        pass
             except (OSError, coverage.CoverageException) as e:
                 raise ReportError(f"cannot write the {what} report {where!r}: {e}") from None
             if what == "lcov":
@@ -763,12 +817,14 @@ def report(
     outputs: Outputs | None = None,
     show_missing: bool = False,
     fail_under: float | None = None,
+    ordered: bool | None = None,
     out: TextIO,
     err: TextIO,
 ) -> int:
     """``kcovx report``: print the text table to ``out``, write the ``outputs``; the exit
     status: 0, or 2 for any problem (one line on ``err``) and for a total below
-    ``fail_under``."""
+    ``fail_under``.  ``ordered``: whether the cover files are ordered traces (arcs), None to
+    tell from each file (``is_ordered``)."""
     outputs = outputs or Outputs()
     try:
         inputs = load_inputs(covers, tables)
@@ -776,7 +832,7 @@ def report(
             print(f"kcovx report: {warning}", file=err)
         print(format_text(inputs, show_missing=show_missing), file=out)
         if outputs.any():
-            _write_outputs(inputs, outputs, err)
+            _write_outputs(inputs, outputs, err, ordered)
     except ReportError as e:
         print(f"kcovx report: {e}", file=err)
         return 2
