@@ -41,7 +41,7 @@ import heapq
 import itertools
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO
@@ -606,7 +606,12 @@ class _Models:
         """Replay an ordered trace as calls (see the module docstring): the arcs per file."""
         out: dict[str, set[Arc]] = defaultdict(set)
         stack: list[_Frame] = []
-        left: dict[tuple[str, str], list[_Frame]] = defaultdict(list)  # frames no longer open
+        # Frames no longer open, as counts of their (line, first line, raised): a generator's
+        # may resume; the others only wait for their exit arcs.  Counted, not kept, so that
+        # memory does not grow with the number of calls.
+        left: dict[tuple[str, str], Counter[tuple[int | None, int | None, bool]]] = defaultdict(
+            Counter
+        )
         seen: set[int] = set()
         for pc in trace:
             block = self.blocks.get(pc)
@@ -644,7 +649,7 @@ class _Models:
                 done.raised = cost >= _EXCEPTION_COST and (
                     done is closed[-1] or not self._returns(done)
                 )
-                left[done.key].append(done)
+                left[done.key][(done.last, done.first, done.raised)] += 1
             if closing:
                 del stack[len(stack) - closing :]
             if frame.last is None:
@@ -654,8 +659,16 @@ class _Models:
                 if step is not None:
                     arcs.update(step[0])
             frame.last = lines[-1]
-        for frame in stack + [f for frames in left.values() for f in frames]:
+        for frame in stack:
             self._exit(frame, out[frame.key[0]])
+        for key, states in left.items():
+            model = self.model(key[0])
+            assert model is not None
+            for (last, first, raised), n in states.items():
+                if n > 0:
+                    frame = _Frame(key, model, first)
+                    frame.last, frame.raised = last, raised
+                    self._exit(frame, out[key[0]])
         return {f: a for f, a in out.items() if a}
 
     @staticmethod
@@ -684,7 +697,7 @@ class _Models:
     @staticmethod
     def _frame_for(
         stack: list[_Frame],
-        left: dict[tuple[str, str], list[_Frame]],
+        left: dict[tuple[str, str], Counter[tuple[int | None, int | None, bool]]],
         key: tuple[str, str],
         model: _FileModel,
         line: int,
@@ -701,11 +714,14 @@ class _Models:
             step = model.path(frame.last, line) if frame.last is not None else ([], 0)
             if step is not None:
                 return frame, len(stack) - 1 - i, step[1]
-        frames = left.get(key, [])
-        for j in range(len(frames) - 1, -1, -1):  # a generator resumed
-            frame = frames[j]
-            if frame.last is not None and model.path(frame.last, line) is not None:
-                del frames[j]
+        states = left.get(key)
+        for state, n in (states or {}).items():  # a generator resumed
+            last, first, _ = state
+            if n > 0 and last is not None and model.path(last, line) is not None:
+                assert states is not None
+                states[state] -= 1
+                frame = _Frame(key, model, first)
+                frame.last = last
                 stack.append(frame)
                 return frame, 0, 0
         if fallback is not None:
