@@ -365,9 +365,16 @@ class _FileModel:
         self.tries: list[tuple[int, int, int, int]] = []
         cols: dict[int, int] = {}
         self._cols = cols  # line -> 1-based byte column of its first statement
+        # Statements that raise only in pathological cases (definitions, imports, ``pass``,
+        # ``try:``, simple statements and tests without a call): a frame whose way out passes
+        # only these and loop headers is taken to have returned before an exception in its
+        # caller (see _Models._returns).
+        self.quiet: set[int] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.stmt):
                 cols[node.lineno] = min(cols.get(node.lineno, 1 << 32), node.col_offset + 1)
+                if _quiet(node):
+                    self.quiet.update(self.first(n) for n in [node.lineno, *_decorator_lines(node)])
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
                 end = node.end_lineno or node.lineno
@@ -416,15 +423,15 @@ class _FileModel:
         doc = ast.get_docstring(tree, clean=False) is not None
         self.module_entry: tuple[int, ...] = (tree.body[0].lineno,) if doc else ()
 
-    def code_first(self, line: int) -> tuple[int, tuple[int, ...]]:
+    def code_first(self, line: int) -> tuple[int, tuple[int, ...], bool]:
         """co_firstlineno of the innermost function, class body or lambda holding ``line``
-        (1: the module), and the lines of its line events before its first block (a class
-        line, a docstring)."""
+        (1: the module), the lines of its line events before its first block (a class line,
+        a docstring), and whether it is a module or class body."""
         best: tuple[int, int, tuple[int, ...]] = (0, 1, self.module_entry)
         for start, end, first, entry in self.codes:
             if start <= line <= end and start > best[0]:
                 best = (start, first, entry)
-        return best[1], best[2]
+        return best[1], best[2], best[0] == 0 or bool(best[2])
 
     def first(self, line: int) -> int:
         return self.multiline.get(line, line)
@@ -536,8 +543,44 @@ class _FileModel:
         return out
 
 
+def _decorator_lines(node: ast.stmt) -> list[int]:
+    return [d.lineno for d in getattr(node, "decorator_list", ())]
+
+
+def _quiet(node: ast.stmt) -> bool:
+    """Whether running ``node`` (its header, for a compound statement) raises only in
+    pathological cases."""
+    import ast
+
+    if isinstance(
+        node,
+        ast.FunctionDef
+        | ast.AsyncFunctionDef
+        | ast.ClassDef
+        | ast.Import
+        | ast.ImportFrom
+        | ast.Pass
+        | ast.Global
+        | ast.Nonlocal
+        | ast.Try
+        | ast.TryStar,
+    ):
+        return True
+    if isinstance(
+        node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Expr | ast.Return | ast.Delete
+    ):
+        parts: list[ast.AST] = [node]
+    elif isinstance(node, ast.If | ast.While):
+        parts = [node.test]
+    else:
+        return False
+    # No call: attribute and operator special methods aside, nothing to raise from.
+    calls = ast.Call | ast.Await | ast.Yield | ast.YieldFrom
+    return not any(isinstance(n, calls) for part in parts for n in ast.walk(part))
+
+
 class _Frame:
-    __slots__ = ("first", "key", "last", "model", "raised")
+    __slots__ = ("body", "first", "key", "last", "model", "raised")
 
     def __init__(self, key: tuple[str, str], model: _FileModel, first: int | None) -> None:
         self.key = key
@@ -545,6 +588,7 @@ class _Frame:
         self.first = first  # the code object's first line (entry and exit arcs), if known
         self.last: int | None = None  # the line the frame is at
         self.raised = False
+        self.body = False  # a module or class body
 
 
 class _Models:
@@ -645,9 +689,10 @@ class _Models:
                 # The step went through an exception edge: the innermost closed frame raised
                 # it; the others either passed it on or had returned before (returns are not
                 # recorded).  One that had returned is at a line from which its way out
-                # passes no line but loop headers.
+                # passes no line but loop headers and quiet statements; a module or class
+                # body (an import, a class statement) is taken to have finished.
                 done.raised = cost >= _EXCEPTION_COST and (
-                    done is closed[-1] or not self._returns(done)
+                    done is closed[-1] or not (done.body or self._returns(done))
                 )
                 left[done.key][(done.last, done.first, done.raised)] += 1
             if closing:
@@ -673,15 +718,19 @@ class _Models:
 
     @staticmethod
     def _returns(frame: _Frame) -> bool:
-        """Whether the frame's way out from its line passes only loop headers."""
+        """Whether the frame's way out from its line passes only loop headers and statements
+        that do not raise (definitions, imports, ...)."""
         if frame.last is None or frame.first is None:
             return False
         step = frame.model.path(frame.last, -frame.first)
-        return step is not None and all(b < 0 or b in frame.model.loops for _, b in step[0])
+        model = frame.model
+        return step is not None and all(
+            b < 0 or b in model.loops or b in model.quiet for _, b in step[0]
+        )
 
     @staticmethod
     def _enter(frame: _Frame, line: int, arcs: set[Arc]) -> None:
-        frame.first, entry = frame.model.code_first(line)
+        frame.first, entry, frame.body = frame.model.code_first(line)
         chain = [-frame.first, *(e for e in entry if e != line)]
         arcs.update(itertools.pairwise(chain))
         step = frame.model.path(chain[-1], line) if len(chain) > 1 else None

@@ -365,6 +365,51 @@ def test_raw_arcs_equal_coveragepy(tmp_path: Path) -> None:
             assert same or (a, b) in decorated, (a, b)
 
 
+STDLIB = ("textwrap", "difflib", "fractions")
+STDLIB_PROG = textwrap.dedent(
+    """\
+    import difflib, fractions, textwrap
+    t = "The quick brown fox jumps over the lazy dog. " * 20
+    print(len(textwrap.wrap(t, 30)), textwrap.dedent("  a\\n  b\\n"), textwrap.shorten(t, 50))
+    a = [line + "\\n" for line in t.split(".")]
+    b = a[:5] + ["changed\\n"] + a[6:]
+    print(len(list(difflib.unified_diff(a, b))), difflib.SequenceMatcher(None, "ab", "bc").ratio())
+    print(fractions.Fraction(3, 4) + fractions.Fraction("1/3"), fractions.Fraction(1.5) ** 2)
+    try:
+        fractions.Fraction("x")
+    except ValueError as e:
+        print("error", e)
+    """
+)
+
+
+@pytest.mark.parametrize("profile", ["gvisor", "linux"])
+def test_stdlib_modules_equal_coveragepy(tmp_path: Path, profile: str) -> None:
+    """Real code: three stdlib modules (loaded fresh by the program under both tools),
+    lines and, from the linux trace, branches."""
+    (tmp_path / "use.py").write_text(STDLIB_PROG, encoding="utf-8")
+    include = ",".join(f"*/{m}.py" for m in STDLIB)
+    tool("coverage", "run", "--branch", "--data-file=cov.data", f"--include={include}", "use.py",
+         cwd=tmp_path)  # fmt: skip
+    r = cli("run", "--profile", profile, *(f"--include={m}" for m in STDLIB), "use.py",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert cli("report", "--coverage-data", "k.data", cwd=tmp_path).returncode == 0
+    reports = {}
+    for name in ("cov", "k"):
+        tool("coverage", "json", f"--data-file={name}.data", f"--include={include}", "-o",
+             f"{name}.json", cwd=tmp_path)  # fmt: skip
+        files = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))["files"]
+        reports[name] = {Path(k).stem: v for k, v in files.items()}
+    assert set(reports["cov"]) == set(STDLIB) == set(reports["k"])
+    for module in STDLIB:
+        want, got = reports["cov"][module], reports["k"][module]
+        assert got["executed_lines"] == want["executed_lines"], module
+        if profile == "linux":
+            assert got["executed_branches"] == want["executed_branches"], module
+            assert got["missing_branches"] == want["missing_branches"], module
+
+
 def test_coverage_commands_on_the_data_file(tmp_path: Path) -> None:
     r = cli("run", "--profile", "linux", str(CALC), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
