@@ -24,10 +24,13 @@ The conversion, for one source file (all of it needs coverage.py's parser for th
   cheapest path, among coverage.py's possible arcs, from A's last line to B's first line
   through lines that hold no probe (loop headers are allowed: a loop's back edge jumps to its
   header, whose probe ran before the loop); an arc into an ``except`` line costs far more than
-  one the code falls through, unless it leaves a ``raise``, so a path through an exception is
-  chosen only when nothing else reaches.  Entry arcs are ``(-first, line)``; a frame's exit is
-  the cheapest path from its last line to an arc ``(line, -first)``, or, when the step that
-  closed it went through an exception edge, the arc ``(last line, -first)`` itself.
+  one the code falls through, unless it leaves a ``raise`` (and less the later it leaves a try
+  body: which line raised is not recorded), so a path through an exception is chosen only when
+  nothing else reaches.  Entry arcs are ``(-first, line)``; a frame's exit is the cheapest path
+  from its last line to an arc ``(line, -first)``, or the arc ``(last line, -first)`` itself
+  when it raised: when a step went through an exception edge, the innermost frame it closed
+  raised, and the others did unless they are module or class bodies or their way out passes
+  only statements that call nothing (those had returned: returns are not recorded).
 
 Without coverage.py the text report works; everything else raises ``CoverageMissing`` (one
 line, naming the extra to install).  coverage.py and ast load only when needed.  Cover files
