@@ -352,6 +352,9 @@ def _percent(text: str) -> float:
 def _report(opts: argparse.Namespace) -> int:
     from kcovx.report import Outputs, family, report
 
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # File names that were not UTF-8 on disk are printed back as their bytes.
+        sys.stdout.reconfigure(errors="surrogateescape")
     covers = opts.covers or family(DEFAULTS.output)
     tables = opts.pcs_table or family(DEFAULTS.pcs_table)
     if not covers:

@@ -47,7 +47,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, TypeVar
 
 from kcovx.pcs import Block
 
@@ -58,14 +58,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CoverageMissing",
+    "FileRow",
     "Inputs",
+    "Outputs",
     "ReportError",
     "family",
     "format_text",
+    "is_ordered",
     "load_inputs",
     "report",
     "write_coverage_data",
 ]
+
+_T = TypeVar("_T")
 
 INSTALL_HINT: Final = "this needs coverage.py: pip install 'kcovx[report]'"
 
@@ -124,9 +129,9 @@ class Inputs:
         return {pc for _, pcs in self.covers for pc in pcs}
 
 
-def _read(load: object, path: str, what: str) -> object:
+def _read(load: Callable[[str], _T], path: str, what: str) -> _T:
     try:
-        return load(path)  # type: ignore[operator]
+        return load(path)
     except FileNotFoundError:
         raise ReportError(f"no {what} {path!r}") from None
     except OSError as e:
@@ -140,7 +145,7 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     is missing or malformed, two tables give one PC different blocks, or a cover file's words
     are mostly not PCs of the tables."""
     from kcovx.cover import read_cover
-    from kcovx.pcs import PCsTable, read_pcs_table
+    from kcovx.pcs import read_pcs_table
 
     if not tables:
         raise ReportError("no PC table (kcovx run writes kcovx.pcs; see --pcs-table)")
@@ -151,7 +156,6 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     sites: set[int] = set()
     for path in tables:
         table = _read(read_pcs_table, path, "PC table")
-        assert isinstance(table, PCsTable)
         for pc, block in table.blocks.items():
             have = blocks.setdefault(pc, block)
             if have != block:
@@ -167,8 +171,7 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     units = {obj.unit for obj in objects.values()}
     out = Inputs(blocks, list(objects.values()), frozenset(sites))
     for path in covers:
-        words = _read(read_cover, path, "cover file")
-        pcs = list(words)  # type: ignore[call-overload]
+        pcs = list(_read(read_cover, path, "cover file"))
         known = sum(1 for pc in pcs if pc in blocks or (pc >> 63 and pc >> 32 in units))
         # A cover file does not say what it holds.  A run with --cmp leaves comparison records
         # (type, operands, site PC) where PCs would be; a table from another run gives other
@@ -218,6 +221,17 @@ class FileRow(NamedTuple):
     def percent(self) -> float:
         return 100.0 * self.covered / self.total if self.total else 100.0
 
+    @property
+    def shown(self) -> str:
+        """The percentage with one decimal, never rounded to 100.0 or 0.0 when not all or
+        none is covered."""
+        pct = self.percent
+        if self.covered < self.total:
+            pct = min(pct, 99.9)
+        if self.covered > 0:
+            pct = max(pct, 0.1)
+        return f"{pct:5.1f}%"
+
 
 def _shown(file: str, cwd: str) -> str:
     if file.startswith(cwd + os.sep):
@@ -251,10 +265,10 @@ def format_text(inputs: Inputs, *, show_missing: bool = False, cwd: str | None =
     lines = [f"{'File':<{width}}  {'Blocks':>7}  {'Covered':>7}  {'Cover':>6}"]
     lines.append("-" * len(lines[0]))
     for name, row in zip(names, rows, strict=True):
-        lines.append(f"{name:<{width}}  {row.total:7d}  {row.covered:7d}  {row.percent:5.1f}%")
+        lines.append(f"{name:<{width}}  {row.total:7d}  {row.covered:7d}  {row.shown}")
     lines.append("-" * len(lines[0]))
-    covered_n, total_n = sum(r.covered for r in rows), sum(r.total for r in rows)
-    lines.append(f"{'TOTAL':<{width}}  {total_n:7d}  {covered_n:7d}  {total_percent(rows):5.1f}%")
+    total = FileRow("TOTAL", sum(r.covered for r in rows), sum(r.total for r in rows))
+    lines.append(f"{'TOTAL':<{width}}  {total.total:7d}  {total.covered:7d}  {total.shown}")
     native = _native_lines(inputs, covered)
     if native:
         lines.append("")

@@ -197,6 +197,16 @@ def test_text_report_numbers(tmp_path: Path, made: list[Block]) -> None:
     assert names.index("a.py") < names.index("b.py") < names.index("c.py") < names.index("TOTAL")
 
 
+def test_percent_never_rounds_to_all_or_none() -> None:
+    from kcovx.report import FileRow
+
+    assert FileRow("f", 1999, 2000).shown == " 99.9%"
+    assert FileRow("f", 1, 3000).shown == "  0.1%"
+    assert FileRow("f", 2, 3).shown == " 66.7%"
+    assert FileRow("f", 0, 3).shown == "  0.0%" and FileRow("f", 3, 3).shown == "100.0%"
+    assert FileRow("f", 0, 0).shown == "100.0%"  # nothing to cover, as coverage.py counts it
+
+
 def test_show_missing(tmp_path: Path, made: list[Block]) -> None:
     r = cli("report", "--show-missing", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
