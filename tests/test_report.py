@@ -575,6 +575,25 @@ def test_write_coverage_data_contract(tmp_path: Path) -> None:
     assert set(data.lines(file) or ()) == whole & statements
 
 
+def test_ordered_or_not(tmp_path: Path) -> None:
+    """A linux trace (PCs repeat) gives arcs, a gvisor area lines; --arcs/--no-arcs decide."""
+    (tmp_path / "prog.py").write_text(PROG, encoding="utf-8")
+
+    def has_arcs(*args: str) -> bool:
+        r = cli("report", "--coverage-data", "d", *args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        data = coverage.CoverageData(str(tmp_path / "d"))
+        data.read()
+        return bool(data.has_arcs())
+
+    assert cli("run", "--profile", "linux", "prog.py", cwd=tmp_path).returncode == 0
+    assert has_arcs() and has_arcs("--arcs") and not has_arcs("--no-arcs")
+    assert cli("run", "prog.py", cwd=tmp_path).returncode == 0  # gvisor: each block once
+    pcs = list(read_cover(tmp_path / "kcovx.cover"))
+    assert len(set(pcs)) == len(pcs)
+    assert not has_arcs() and not has_arcs("--no-arcs")
+
+
 def test_formats_without_coveragepy(tmp_path: Path, made: list[Block]) -> None:
     code = (
         "import sys; sys.modules['coverage'] = None\n"
