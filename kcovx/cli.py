@@ -478,18 +478,15 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="FILE",
         help="a PC table; repeat for several (default: kcovx.pcs and kcovx.pcs.<pid>)",
     )
-    for name, meta in (
-        ("html", "DIR"),
-        ("lcov", "FILE"),
-        ("xml", "FILE"),
-        ("json", "FILE"),
-        ("coverage-data", "FILE"),
+    for name, meta, what in (
+        ("html", "DIR", "HTML report"),
+        ("lcov", "FILE", "lcov report (native blocks too)"),
+        ("xml", "FILE", "XML (Cobertura) report"),
+        ("json", "FILE", "JSON report"),
+        ("coverage-data", "FILE", "data file (a .coverage file its own commands read)"),
     ):
         rep.add_argument(
-            f"--{name}",
-            metavar=meta,
-            help=f"write coverage.py's {name} {'report' if name != 'coverage-data' else 'file'}"
-            " (needs kcovx[report])",
+            f"--{name}", metavar=meta, help=f"write coverage.py's {what} (needs kcovx[report])"
         )
     rep.add_argument(
         "--show-missing", action="store_true", help="list each uncovered block (file:l.c,l.c)"
