@@ -478,7 +478,7 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="FILE",
         help="a PC table; repeat for several (default: kcovx.pcs and kcovx.pcs.<pid>)",
     )
-    for name, meta, what in (
+    for name, meta, writes in (
         ("html", "DIR", "HTML report"),
         ("lcov", "FILE", "lcov report (native blocks too)"),
         ("xml", "FILE", "XML (Cobertura) report"),
@@ -486,7 +486,7 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         ("coverage-data", "FILE", "data file (a .coverage file its own commands read)"),
     ):
         rep.add_argument(
-            f"--{name}", metavar=meta, help=f"write coverage.py's {what} (needs kcovx[report])"
+            f"--{name}", metavar=meta, help=f"write coverage.py's {writes} (needs kcovx[report])"
         )
     rep.add_argument(
         "--show-missing", action="store_true", help="list each uncovered block (file:l.c,l.c)"
