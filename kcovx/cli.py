@@ -1,10 +1,13 @@
 """The command line: ``kcovx`` (or ``python -m kcovx``) with one of the subcommands
 
 - ``run [--profile P] [--size N] [--include PAT]... [--exclude PAT]... [--output FILE]
-  [--pcs-table FILE] [--cmp] (script.py | -m module) [args...]``: run a program
-  instrumented, with kcov enabled on its main thread, recording into the cover file (with
-  ``--cmp``, linux profile: comparison records); write the PC table; print a summary
-  (``kcovx.run``);
+  [--pcs-table FILE] [--cmp] [--report] [--html DIR] (script.py | -m module) [args...]``:
+  run a program instrumented, with kcov enabled on its main thread, recording into the cover
+  file (with ``--cmp``, linux profile: comparison records); write the PC table; print a
+  summary (``kcovx.run``); with ``--report``/``--html``, then the report (to stderr);
+- ``report [--pcs-table FILE]... [--html DIR] [--lcov FILE] [--xml FILE] [--json FILE]
+  [--coverage-data FILE] [--show-missing] [--fail-under PCT] [--[no-]arcs] [COVER_FILE...]``:
+  the blocks covered per file, and coverage.py's data and reports (``kcovx.report``);
 - ``symbolize [--pcs-table FILE] [--cover FILE | --all]``: hex PCs on stdin (any number a line,
   as ``od`` prints them; ``0x`` optional), or the PCs of a cover file, to ``PC`` +
   ``file:line.col,line.col`` line pairs on stdout (gVisor's ``runsc symbolize`` format);
@@ -18,7 +21,10 @@
 
 Owns argument parsing, the defaults (``DEFAULTS``, the one place they are written), the size
 rules put in words, and exit statuses: 0 success; run: the program's own status, 2 for usage
-errors and outputs that cannot be written; symbolize: 1 if any PC was malformed or unknown
+errors and outputs that cannot be written (and, with --report/--html, a report that
+failed after a run whose status was 0); report: 2 for any problem with its inputs or outputs
+(coverage.py missing for a format that needs it included) and for a total below
+--fail-under; symbolize: 1 if any PC was malformed or unknown
 (each reported on stderr, the others still printed), 2 for any problem with the table or the
 cover file.  Nothing here prints a traceback for bad input.  Runs on the main thread.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Final, TextIO, TypeVar
@@ -36,7 +43,7 @@ from kcovx.profiles import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
 
 _T = TypeVar("_T")
 
-COMMANDS: Final = ("run", "symbolize", "cflags", "ldflags", "demo")
+COMMANDS: Final = ("run", "report", "symbolize", "cflags", "ldflags", "demo")
 
 
 class DEFAULTS:
@@ -247,7 +254,15 @@ def flags_main(which: str, *, cmp: bool = True, debug: bool = True, out: TextIO)
 
 # -- run ----------------------------------------------------------------------------------------
 
-_RUN_VALUE_OPTS = {"--profile", "--size", "--include", "--exclude", "--output", "--pcs-table"}
+_RUN_VALUE_OPTS = {
+    "--profile",
+    "--size",
+    "--include",
+    "--exclude",
+    "--output",
+    "--pcs-table",
+    "--html",
+}
 
 
 def _split_run_argv(argv: Sequence[str]) -> tuple[list[str], str | None, bool, list[str]]:
@@ -283,10 +298,14 @@ def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
     problem = size_problem(opts.profile, opts.size)
     if problem is not None:
         p.error(problem)
+    reporting = opts.report or opts.html is not None
+    if reporting and opts.cmp:
+        p.error("--report and --html report PCs; a --cmp run records comparison records")
     from kcovx.run import run
 
+    pid = os.getpid()
     try:
-        return run(
+        status = run(
             opts.target,
             opts.args,
             module=opts.module,
@@ -301,6 +320,70 @@ def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
     except OSError as e:
         print(f"kcovx run: {e}", file=sys.stderr)
         return 2
+    if not reporting or os.getpid() != pid or not os.path.exists(opts.output):
+        return status  # a forked child returning from the program reports nothing
+    from kcovx.report import Outputs, family, report
+
+    # To stderr, after the summary: the program's stdout stays its own.
+    reported = report(
+        family(opts.output),
+        family(opts.pcs_table),
+        outputs=Outputs(html=opts.html),
+        ordered=opts.profile == "linux",
+        out=sys.stderr,
+        err=sys.stderr,
+    )
+    return 2 if reported and status == 0 else status
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"not a percentage from 0 to 100: {text!r}")
+    return value
+
+
+def _report(opts: argparse.Namespace) -> int:
+    from kcovx.report import Outputs, family, report
+
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # File names that were not UTF-8 on disk are printed back as their bytes.
+        sys.stdout.reconfigure(errors="surrogateescape")
+    covers = opts.covers or family(DEFAULTS.output)
+    tables = opts.pcs_table or family(DEFAULTS.pcs_table)
+    if not covers:
+        print(
+            f"kcovx report: no cover file {DEFAULTS.output!r} (kcovx run writes one)",
+            file=sys.stderr,
+        )
+        return 2
+    if not tables:
+        hint = " (kcovx run writes one; see --pcs-table)"
+        print(f"kcovx report: no PC table {DEFAULTS.pcs_table!r}{hint}", file=sys.stderr)
+        return 2
+    outputs = Outputs(
+        html=opts.html,
+        lcov=opts.lcov,
+        xml=opts.xml,
+        json=opts.json,
+        coverage_data=opts.coverage_data,
+    )
+    return report(
+        covers,
+        tables,
+        outputs=outputs,
+        show_missing=opts.show_missing,
+        fail_under=opts.fail_under,
+        ordered=opts.arcs,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -364,6 +447,63 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="FILE",
         help="where to write the PC table for kcovx symbolize (default %(default)s)",
     )
+    run.add_argument(
+        "--report",
+        action="store_true",
+        help="after the run, print kcovx report's table (to stderr)",
+    )
+    run.add_argument(
+        "--html",
+        metavar="DIR",
+        help="after the run, print the report and write coverage.py's HTML report to DIR "
+        "(needs kcovx[report])",
+    )
+    rep = sub.add_parser(
+        "report",
+        help="report what cover files covered: a table of blocks, coverage.py's reports",
+        description="Read cover files with their PC tables (default: kcovx.cover and "
+        "kcovx.pcs, plus the per-process files of children, kcovx.cover.<pid> and "
+        "kcovx.pcs.<pid>), merge them and print per file the blocks covered out of those "
+        "instrumented; convert them into coverage.py's data and render its reports. Exit "
+        "status 2 for any problem with the inputs or outputs, and for a total below "
+        "--fail-under.",
+    )
+    rep.add_argument(
+        "covers", nargs="*", metavar="COVER_FILE", help="cover files (default: kcovx.cover*)"
+    )
+    rep.add_argument(
+        "--pcs-table",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a PC table; repeat for several (default: kcovx.pcs and kcovx.pcs.<pid>)",
+    )
+    for name, meta, writes in (
+        ("html", "DIR", "HTML report"),
+        ("lcov", "FILE", "lcov report (native blocks too)"),
+        ("xml", "FILE", "XML (Cobertura) report"),
+        ("json", "FILE", "JSON report"),
+        ("coverage-data", "FILE", "data file (a .coverage file its own commands read)"),
+    ):
+        rep.add_argument(
+            f"--{name}", metavar=meta, help=f"write coverage.py's {writes} (needs kcovx[report])"
+        )
+    rep.add_argument(
+        "--show-missing", action="store_true", help="list each uncovered block (file:l.c,l.c)"
+    )
+    rep.add_argument(
+        "--fail-under",
+        type=_percent,
+        metavar="PCT",
+        help="exit status 2 when the total percentage of blocks covered is below PCT",
+    )
+    rep.add_argument(
+        "--arcs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take the cover files for ordered traces (linux profile: lines and arcs) or not "
+        "(lines only); default: ordered when a PC repeats",
+    )
     sym = sub.add_parser(
         "symbolize",
         help="name the blocks of PCs (stdin, or a cover file)",
@@ -410,6 +550,7 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     _device_options(demo_p, DEFAULTS.demo_size)
     return top, {
         "run": run,
+        "report": rep,
         "symbolize": sym,
         "cflags": cflags,
         "ldflags": ldflags,
@@ -447,6 +588,7 @@ def _flags(opts: argparse.Namespace) -> int:
 
 
 _HANDLERS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
+    "report": _report,
     "symbolize": _symbolize,
     "demo": _demo,
     "cflags": _flags,

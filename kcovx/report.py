@@ -24,10 +24,13 @@ The conversion, for one source file (all of it needs coverage.py's parser for th
   cheapest path, among coverage.py's possible arcs, from A's last line to B's first line
   through lines that hold no probe (loop headers are allowed: a loop's back edge jumps to its
   header, whose probe ran before the loop); an arc into an ``except`` line costs far more than
-  one the code falls through, unless it leaves a ``raise``, so a path through an exception is
-  chosen only when nothing else reaches.  Entry arcs are ``(-first, line)``; a frame's exit is
-  the cheapest path from its last line to an arc ``(line, -first)``, or, when the step that
-  closed it went through an exception edge, the arc ``(last line, -first)`` itself.
+  one the code falls through, unless it leaves a ``raise`` (and less the later it leaves a try
+  body: which line raised is not recorded), so a path through an exception is chosen only when
+  nothing else reaches.  Entry arcs are ``(-first, line)``; a frame's exit is the cheapest path
+  from its last line to an arc ``(line, -first)``, or the arc ``(last line, -first)`` itself
+  when it raised: when a step went through an exception edge, the innermost frame it closed
+  raised, and the others did unless they are module or class bodies or their way out passes
+  only statements that call nothing (those had returned: returns are not recorded).
 
 Without coverage.py the text report works; everything else raises ``CoverageMissing`` (one
 line, naming the extra to install).  coverage.py and ast load only when needed.  Cover files
@@ -41,10 +44,10 @@ import heapq
 import itertools
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, TypeVar
 
 from kcovx.pcs import Block
 
@@ -55,14 +58,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CoverageMissing",
+    "FileRow",
     "Inputs",
+    "Outputs",
     "ReportError",
     "family",
     "format_text",
+    "is_ordered",
     "load_inputs",
     "report",
     "write_coverage_data",
 ]
+
+_T = TypeVar("_T")
 
 INSTALL_HINT: Final = "this needs coverage.py: pip install 'kcovx[report]'"
 
@@ -121,9 +129,9 @@ class Inputs:
         return {pc for _, pcs in self.covers for pc in pcs}
 
 
-def _read(load: object, path: str, what: str) -> object:
+def _read(load: Callable[[str], _T], path: str, what: str) -> _T:
     try:
-        return load(path)  # type: ignore[operator]
+        return load(path)
     except FileNotFoundError:
         raise ReportError(f"no {what} {path!r}") from None
     except OSError as e:
@@ -137,7 +145,7 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     is missing or malformed, two tables give one PC different blocks, or a cover file's words
     are mostly not PCs of the tables."""
     from kcovx.cover import read_cover
-    from kcovx.pcs import PCsTable, read_pcs_table
+    from kcovx.pcs import read_pcs_table
 
     if not tables:
         raise ReportError("no PC table (kcovx run writes kcovx.pcs; see --pcs-table)")
@@ -148,7 +156,6 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     sites: set[int] = set()
     for path in tables:
         table = _read(read_pcs_table, path, "PC table")
-        assert isinstance(table, PCsTable)
         for pc, block in table.blocks.items():
             have = blocks.setdefault(pc, block)
             if have != block:
@@ -164,8 +171,7 @@ def load_inputs(covers: Sequence[str], tables: Sequence[str]) -> Inputs:
     units = {obj.unit for obj in objects.values()}
     out = Inputs(blocks, list(objects.values()), frozenset(sites))
     for path in covers:
-        words = _read(read_cover, path, "cover file")
-        pcs = list(words)  # type: ignore[call-overload]
+        pcs = list(_read(read_cover, path, "cover file"))
         known = sum(1 for pc in pcs if pc in blocks or (pc >> 63 and pc >> 32 in units))
         # A cover file does not say what it holds.  A run with --cmp leaves comparison records
         # (type, operands, site PC) where PCs would be; a table from another run gives other
@@ -215,6 +221,17 @@ class FileRow(NamedTuple):
     def percent(self) -> float:
         return 100.0 * self.covered / self.total if self.total else 100.0
 
+    @property
+    def shown(self) -> str:
+        """The percentage with one decimal, never rounded to 100.0 or 0.0 when not all or
+        none is covered."""
+        pct = self.percent
+        if self.covered < self.total:
+            pct = min(pct, 99.9)
+        if self.covered > 0:
+            pct = max(pct, 0.1)
+        return f"{pct:5.1f}%"
+
 
 def _shown(file: str, cwd: str) -> str:
     if file.startswith(cwd + os.sep):
@@ -248,10 +265,10 @@ def format_text(inputs: Inputs, *, show_missing: bool = False, cwd: str | None =
     lines = [f"{'File':<{width}}  {'Blocks':>7}  {'Covered':>7}  {'Cover':>6}"]
     lines.append("-" * len(lines[0]))
     for name, row in zip(names, rows, strict=True):
-        lines.append(f"{name:<{width}}  {row.total:7d}  {row.covered:7d}  {row.percent:5.1f}%")
+        lines.append(f"{name:<{width}}  {row.total:7d}  {row.covered:7d}  {row.shown}")
     lines.append("-" * len(lines[0]))
-    covered_n, total_n = sum(r.covered for r in rows), sum(r.total for r in rows)
-    lines.append(f"{'TOTAL':<{width}}  {total_n:7d}  {covered_n:7d}  {total_percent(rows):5.1f}%")
+    total = FileRow("TOTAL", sum(r.covered for r in rows), sum(r.total for r in rows))
+    lines.append(f"{'TOTAL':<{width}}  {total.total:7d}  {total.covered:7d}  {total.shown}")
     native = _native_lines(inputs, covered)
     if native:
         lines.append("")
@@ -361,19 +378,30 @@ class _FileModel:
         # class line); the innermost one holding a line runs a frame at that line.
         self.codes: list[tuple[int, int, int, tuple[int, ...]]] = []
         tries: list[tuple[int, int, list[int]]] = []  # (body start, body end, handler lines)
+        # (body start, body end, handlers' first line, handlers' last line)
+        self.tries: list[tuple[int, int, int, int]] = []
         cols: dict[int, int] = {}
         self._cols = cols  # line -> 1-based byte column of its first statement
+        # Statements that raise only in pathological cases (definitions, imports, ``pass``,
+        # ``try:``, simple statements and tests without a call): a frame whose way out passes
+        # only these and loop headers is taken to have returned before an exception in its
+        # caller (see _Models._returns).
+        self.quiet: set[int] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.stmt):
                 cols[node.lineno] = min(cols.get(node.lineno, 1 << 32), node.col_offset + 1)
+                if _quiet(node):
+                    self.quiet.update(self.first(n) for n in [node.lineno, *_decorator_lines(node)])
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
                 end = node.end_lineno or node.lineno
+                head = node.body[0]
+                body = min([head.lineno, *(d.lineno for d in getattr(head, "decorator_list", ()))])
                 # A class body's first line event is its class line, then its docstring's.
                 entry = [node.lineno] if isinstance(node, ast.ClassDef) else []
                 if entry and ast.get_docstring(node, clean=False) is not None:
                     entry.append(node.body[0].lineno)
-                self.codes.append((node.body[0].lineno, end, first, tuple(entry)))
+                self.codes.append((body, end, first, tuple(entry)))
             elif isinstance(node, ast.Lambda):
                 line = node.lineno
                 self.codes.append((line, node.end_lineno or line, line, ()))
@@ -382,6 +410,15 @@ class _FileModel:
             elif isinstance(node, ast.Try | ast.TryStar):
                 handlers = [self.first(h.lineno) for h in node.handlers]
                 tries.append((node.body[0].lineno, node.body[-1].end_lineno or 0, handlers))
+                if node.handlers:
+                    self.tries.append(
+                        (
+                            node.body[0].lineno,
+                            node.body[-1].end_lineno or 0,
+                            node.handlers[0].lineno,
+                            node.handlers[-1].end_lineno or 0,
+                        )
+                    )
             elif isinstance(node, ast.ExceptHandler):
                 self.handlers.add(self.first(node.lineno))
             elif isinstance(node, ast.Raise):
@@ -389,23 +426,29 @@ class _FileModel:
         # coverage.py's possible arcs reach a handler from raise statements only; any line of
         # a try body may raise into its handlers: add those edges (they cost
         # _EXCEPTION_COST, see _cost).
+        # Which line of a try body raised is not recorded: a path leaving it later costs less
+        # (so the body's lines before the raising call are taken to have run, as the
+        # straight-line rule of unordered data takes them).
+        self._exc_cost: dict[Arc, int] = {}
         for lo, hi, handlers in tries:
             for line in self.statements:
                 if lo <= line <= hi:
                     self.succ[line].update(handlers)
+                    for h in handlers:
+                        self._exc_cost.setdefault((line, h), _EXCEPTION_COST + 2 * (hi - line))
         # A module's first line event is its docstring's, if it has one.
         doc = ast.get_docstring(tree, clean=False) is not None
         self.module_entry: tuple[int, ...] = (tree.body[0].lineno,) if doc else ()
 
-    def code_first(self, line: int) -> tuple[int, tuple[int, ...]]:
+    def code_first(self, line: int) -> tuple[int, tuple[int, ...], bool]:
         """co_firstlineno of the innermost function, class body or lambda holding ``line``
-        (1: the module), and the lines of its line events before its first block (a class
-        line, a docstring)."""
+        (1: the module), the lines of its line events before its first block (a class line,
+        a docstring), and whether it is a module or class body."""
         best: tuple[int, int, tuple[int, ...]] = (0, 1, self.module_entry)
         for start, end, first, entry in self.codes:
             if start <= line <= end and start > best[0]:
                 best = (start, first, entry)
-        return best[1], best[2]
+        return best[1], best[2], best[0] == 0 or bool(best[2])
 
     def first(self, line: int) -> int:
         return self.multiline.get(line, line)
@@ -414,7 +457,9 @@ class _FileModel:
         return line not in self.probes or line in self.loops
 
     def _cost(self, a: int, b: int) -> int:
-        return _EXCEPTION_COST if b in self.handlers and a not in self.raises else 1
+        if b in self.handlers and a not in self.raises:
+            return self._exc_cost.get((a, b), _EXCEPTION_COST)
+        return 1
 
     def path(self, a: int, b: int) -> tuple[list[Arc], int] | None:
         """The cheapest path of possible arcs from line ``a`` to line ``b`` (``b`` < 0: to
@@ -483,31 +528,76 @@ class _FileModel:
         a line without a probe that is the only successor of an executed line (exception
         edges aside), and a line without a probe that is the only predecessor of an
         executed line (a loop header before its body, an ``except`` line before its
-        handler's body)."""
+        handler's body).  When a handler of a try ran, its body's lines imply nothing past
+        the body (its ``else``): the exception may have left the body at any of them."""
         if self._pred is None:
             self._pred = defaultdict(set)
             for a, nexts in self.succ.items():
                 for b in nexts:
                     if a > 0 and b > 0:
                         self._pred[b].add(a)
+        caught = [
+            (lo, hi)
+            for lo, hi, h_lo, h_hi in self.tries
+            if any(h_lo <= line <= h_hi for line in executed)
+        ]
         out = set(executed)
         todo = list(executed)
         while todo:
             line = todo.pop()
             nxt = {n for n in self.succ.get(line, ()) if n > 0 and n not in self.handlers}
+            stop = line in self.raises or any(
+                lo <= line <= hi and not all(lo <= n <= hi for n in nxt) for lo, hi in caught
+            )
             prev = self._pred.get(line, set())
-            for group in (nxt if line not in self.raises else set(), prev):
+            for group in (set() if stop else nxt, prev):
                 if len(group) != 1:
                     continue
                 (n,) = group
-                if n not in out and n not in self.probes:
+                if n not in out and n not in self.probes and n in self.statements:
                     out.add(n)
                     todo.append(n)
         return out
 
 
+def _decorator_lines(node: ast.stmt) -> list[int]:
+    return [d.lineno for d in getattr(node, "decorator_list", ())]
+
+
+def _quiet(node: ast.stmt) -> bool:
+    """Whether running ``node`` (its header, for a compound statement) raises only in
+    pathological cases."""
+    import ast
+
+    if isinstance(
+        node,
+        ast.FunctionDef
+        | ast.AsyncFunctionDef
+        | ast.ClassDef
+        | ast.Import
+        | ast.ImportFrom
+        | ast.Pass
+        | ast.Global
+        | ast.Nonlocal
+        | ast.Try
+        | ast.TryStar,
+    ):
+        return True
+    if isinstance(
+        node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Expr | ast.Return | ast.Delete
+    ):
+        parts: list[ast.AST] = [node]
+    elif isinstance(node, ast.If | ast.While):
+        parts = [node.test]
+    else:
+        return False
+    # No call: attribute and operator special methods aside, nothing to raise from.
+    calls = ast.Call | ast.Await | ast.Yield | ast.YieldFrom
+    return not any(isinstance(n, calls) for part in parts for n in ast.walk(part))
+
+
 class _Frame:
-    __slots__ = ("first", "key", "last", "model", "raised")
+    __slots__ = ("body", "first", "key", "last", "model", "raised")
 
     def __init__(self, key: tuple[str, str], model: _FileModel, first: int | None) -> None:
         self.key = key
@@ -515,6 +605,7 @@ class _Frame:
         self.first = first  # the code object's first line (entry and exit arcs), if known
         self.last: int | None = None  # the line the frame is at
         self.raised = False
+        self.body = False  # a module or class body
 
 
 class _Models:
@@ -576,7 +667,12 @@ class _Models:
         """Replay an ordered trace as calls (see the module docstring): the arcs per file."""
         out: dict[str, set[Arc]] = defaultdict(set)
         stack: list[_Frame] = []
-        left: dict[tuple[str, str], list[_Frame]] = defaultdict(list)  # frames no longer open
+        # Frames no longer open, as counts of their (line, first line, raised): a generator's
+        # may resume; the others only wait for their exit arcs.  Counted, not kept, so that
+        # memory does not grow with the number of calls.
+        left: dict[tuple[str, str], Counter[tuple[int | None, int | None, bool]]] = defaultdict(
+            Counter
+        )
         seen: set[int] = set()
         for pc in trace:
             block = self.blocks.get(pc)
@@ -605,9 +701,17 @@ class _Models:
             if pc in model.inner:
                 continue  # a block inside one statement: the frame stays on its line
             frame, closing, cost = self._frame_for(stack, left, key, model, lines[0])
-            for done in stack[len(stack) - closing :] if closing else ():
-                done.raised = cost >= _EXCEPTION_COST
-                left[done.key].append(done)
+            closed = stack[len(stack) - closing :] if closing else []
+            for done in closed:
+                # The step went through an exception edge: the innermost closed frame raised
+                # it; the others either passed it on or had returned before (returns are not
+                # recorded).  One that had returned is at a line from which its way out
+                # passes no line but loop headers and quiet statements; a module or class
+                # body (an import, a class statement) is taken to have finished.
+                done.raised = cost >= _EXCEPTION_COST and (
+                    done is closed[-1] or not (done.body or self._returns(done))
+                )
+                left[done.key][(done.last, done.first, done.raised)] += 1
             if closing:
                 del stack[len(stack) - closing :]
             if frame.last is None:
@@ -617,13 +721,33 @@ class _Models:
                 if step is not None:
                     arcs.update(step[0])
             frame.last = lines[-1]
-        for frame in stack + [f for frames in left.values() for f in frames]:
+        for frame in stack:
             self._exit(frame, out[frame.key[0]])
+        for key, states in left.items():
+            model = self.model(key[0])
+            assert model is not None
+            for (last, first, raised), n in states.items():
+                if n > 0:
+                    frame = _Frame(key, model, first)
+                    frame.last, frame.raised = last, raised
+                    self._exit(frame, out[key[0]])
         return {f: a for f, a in out.items() if a}
 
     @staticmethod
+    def _returns(frame: _Frame) -> bool:
+        """Whether the frame's way out from its line passes only loop headers and statements
+        that do not raise (definitions, imports, ...)."""
+        if frame.last is None or frame.first is None:
+            return False
+        step = frame.model.path(frame.last, -frame.first)
+        model = frame.model
+        return step is not None and all(
+            b < 0 or b in model.loops or b in model.quiet for _, b in step[0]
+        )
+
+    @staticmethod
     def _enter(frame: _Frame, line: int, arcs: set[Arc]) -> None:
-        frame.first, entry = frame.model.code_first(line)
+        frame.first, entry, frame.body = frame.model.code_first(line)
         chain = [-frame.first, *(e for e in entry if e != line)]
         arcs.update(itertools.pairwise(chain))
         step = frame.model.path(chain[-1], line) if len(chain) > 1 else None
@@ -639,7 +763,7 @@ class _Models:
     @staticmethod
     def _frame_for(
         stack: list[_Frame],
-        left: dict[tuple[str, str], list[_Frame]],
+        left: dict[tuple[str, str], Counter[tuple[int | None, int | None, bool]]],
         key: tuple[str, str],
         model: _FileModel,
         line: int,
@@ -656,11 +780,14 @@ class _Models:
             step = model.path(frame.last, line) if frame.last is not None else ([], 0)
             if step is not None:
                 return frame, len(stack) - 1 - i, step[1]
-        frames = left.get(key, [])
-        for j in range(len(frames) - 1, -1, -1):  # a generator resumed
-            frame = frames[j]
-            if frame.last is not None and model.path(frame.last, line) is not None:
-                del frames[j]
+        states = left.get(key)
+        for state, n in (states or {}).items():  # a generator resumed
+            last, first, _ = state
+            if n > 0 and last is not None and model.path(last, line) is not None:
+                assert states is not None
+                states[state] -= 1
+                frame = _Frame(key, model, first)
+                frame.last = last
                 stack.append(frame)
                 return frame, 0, 0
         if fallback is not None:
@@ -719,13 +846,16 @@ class Outputs:
         return any((self.html, self.lcov, self.xml, self.json, self.coverage_data))
 
 
-def _write_outputs(inputs: Inputs, outputs: Outputs, err: TextIO) -> None:
+def _write_outputs(
+    inputs: Inputs, outputs: Outputs, err: TextIO, ordered: bool | None = None
+) -> None:
     import tempfile
 
     _coverage()
     import coverage
+    from coverage.exceptions import NoDataError
 
-    runs = [("", pcs, is_ordered(pcs)) for _, pcs in inputs.covers]
+    runs = [("", pcs, is_ordered(pcs) if ordered is None else ordered) for _, pcs in inputs.covers]
     with tempfile.TemporaryDirectory(prefix="kcovx-report-") as tmp:
         data_file = outputs.coverage_data or os.path.join(tmp, ".coverage")
         try:
@@ -748,7 +878,13 @@ def _write_outputs(inputs: Inputs, outputs: Outputs, err: TextIO) -> None:
             if where is None:
                 continue
             try:
-                make(where)
+                try:
+                    make(where)
+                except NoDataError:
+                    if what != "lcov" or not inputs.covers:
+                        raise
+                    with open(where, "w", encoding="utf-8"):  # native records only
+                        pass
             except (OSError, coverage.CoverageException) as e:
                 raise ReportError(f"cannot write the {what} report {where!r}: {e}") from None
             if what == "lcov":
@@ -763,12 +899,14 @@ def report(
     outputs: Outputs | None = None,
     show_missing: bool = False,
     fail_under: float | None = None,
+    ordered: bool | None = None,
     out: TextIO,
     err: TextIO,
 ) -> int:
     """``kcovx report``: print the text table to ``out``, write the ``outputs``; the exit
     status: 0, or 2 for any problem (one line on ``err``) and for a total below
-    ``fail_under``."""
+    ``fail_under``.  ``ordered``: whether the cover files are ordered traces (arcs), None to
+    tell from each file (``is_ordered``)."""
     outputs = outputs or Outputs()
     try:
         inputs = load_inputs(covers, tables)
@@ -776,7 +914,7 @@ def report(
             print(f"kcovx report: {warning}", file=err)
         print(format_text(inputs, show_missing=show_missing), file=out)
         if outputs.any():
-            _write_outputs(inputs, outputs, err)
+            _write_outputs(inputs, outputs, err, ordered)
     except ReportError as e:
         print(f"kcovx report: {e}", file=err)
         return 2
