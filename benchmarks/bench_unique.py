@@ -9,9 +9,10 @@ of blocks grows with the bitmap by at most a memset's cost, and for a given bitm
 a copy's cost per block.
 
 Method.  (Each sample first makes one untimed ``reset_trace()``, so a previous large sample's
-cache misses do not land on a small one.)  A linux-profile device is put in unique mode by this thread with a bitmap of B words
-(B = the fewest words covering the probes' indices, then 4096 and 65536 more); a Probe of K
-blocks (K = 0, 256, 4096, 65536) whose indices all lie in the bitmap.  Per sample:
+cache misses do not land on a small one.)  A linux-profile device is put in unique mode by
+this thread with a bitmap of B words (B = the fewest words covering the probes' indices,
+then 4096 and 65536 more); a Probe of K blocks (K = 0, 256, 4096, 65536) whose indices all
+lie in the bitmap.  Per sample:
 ``reset_trace()`` (timed), every block hit once (untimed: the "input"), then
 ``area[B+1 : B+1+n].copy()`` after reading the count (timed).  The timed total
 is the per-input overhead.  K values rotate within a round; B values are measured in blocks

@@ -174,6 +174,11 @@ class _Options:
     def from_namespace(cls, ns: Any, invocation_dir: os.PathLike[str] | str) -> _Options:
         from kcovx.cli import size_problem
 
+        if os.environ.get("KCOVX_CHILD"):  # kcovx.children.ENV, without importing it
+            raise pytest.UsageError(
+                "--kcovx: this pytest already records under kcovx run (or as a child of a "
+                "recorded program: KCOVX_CHILD is set); use one or the other"
+            )
         if getattr(ns, "numprocesses", None) or getattr(ns, "dist", "no") != "no":
             raise pytest.UsageError(
                 "--kcovx: pytest-xdist workers are not supported (each would overwrite the "

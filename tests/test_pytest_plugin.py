@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -381,3 +383,17 @@ def test_spawns():
     parent_table, parent = _recorded(project.path)
     _, parent_hit = _lines_of(parent_table, parent, project.path / "mypkg" / "__init__.py")
     assert 6 not in parent_hit
+
+
+def test_refused_under_kcovx_run(project: pytest.Pytester) -> None:
+    """``kcovx run -m pytest --kcovx``: two recorders of one thread; the plugin says so."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kcovx", "run", "-m", "pytest", "--kcovx", "-p", "no:cacheprovider"],
+        cwd=project.path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "already records under kcovx run" in result.stderr
