@@ -647,8 +647,9 @@ CMP_PEEK = 2
 
 cdef void _cmp_each(kcovx_area_t *t, const kcovx_pycmp_val_t *left, object items,
                     uint64_t pc) noexcept:
-    """Records of ``left`` against each item of a container display (tuple, set, frozenset
-    or dict: exact types, whose iteration runs no Python code), the first CMP_EACH_MAX."""
+    """Records of ``left`` against each item of a container display (tuple, list, set,
+    frozenset or dict: exact types, whose iteration runs no Python code), the first
+    CMP_EACH_MAX."""
     cdef kcovx_pycmp_val_t v
     cdef Py_ssize_t i, n
     cdef PyObject *it
@@ -657,6 +658,12 @@ cdef void _cmp_each(kcovx_area_t *t, const kcovx_pycmp_val_t *left, object items
         n = min(len(<tuple>items), CMP_EACH_MAX)
         for i in range(n):
             kcovx_pycmp_encode(<PyObject *>(<tuple>items)[i], &v)
+            kcovx_pycmp_record(t, left, &v, 0, pc)
+        return
+    if type(items) is list:  # a list display in the middle of a chain (compared again later)
+        n = min(len(<list>items), CMP_EACH_MAX)
+        for i in range(n):
+            kcovx_pycmp_encode(<PyObject *>(<list>items)[i], &v)
             kcovx_pycmp_record(t, left, &v, 0, pc)
         return
     if type(items) is not set and type(items) is not frozenset and type(items) is not dict:

@@ -665,3 +665,9 @@ def test_class_bodies_find_the_recorders_as_globals(load: Load, rec: Rec) -> Non
     assert (c.a, c.b, c.c) == (False, False, 2)
     cs = rec(m.make, 7)
     assert (True, 5, 7, 1) in ints(cs) and (False, 7, 7, 1) in ints(cs)
+
+
+def test_list_display_in_the_middle_of_a_chain_records_its_items(load: Load, rec: Rec) -> None:
+    m = load("midlist", "def f(x, a):\n    return x in [a, 2] == [a, 2]\n")
+    assert m.f(2, 300) is True  # the list stays a list: it is compared again
+    assert ints(rec(m.f, 2, 300)) == [(False, 2, 300, 2), (False, 2, 2, 1)]
