@@ -81,6 +81,10 @@ class _State:
     iterations: int = 0
     expected: list[str] = field(default_factory=list)
     device: kcovx.Device | None = None
+    # Under ``kcovx afl`` (run_target), which runs the fork server itself: the program's own
+    # init() is a no-op and its loop() runs the body once per run of the program.
+    managed: bool = False
+    body_ran: bool = False
 
 
 _state = _State()
@@ -167,8 +171,15 @@ def _excepthook(
     crash(value.with_traceback(tb))
 
 
-def _expected_list(expected: Iterable[type[BaseException] | str]) -> list[str]:
-    out = [n.strip() for n in os.environ.get(EXPECTED_ENV, "").split(",") if n.strip()]
+def _add_expected(expected: Iterable[type[BaseException] | str]) -> None:
+    for name in _expected_list(expected, env=False):
+        if name not in _state.expected:  # the program may list them once per run
+            _state.expected.append(name)
+
+
+def _expected_list(expected: Iterable[type[BaseException] | str], *, env: bool = True) -> list[str]:
+    listed = os.environ.get(EXPECTED_ENV, "") if env else ""
+    out = [n.strip() for n in listed.split(",") if n.strip()]
     for e in expected:
         out.append(e if isinstance(e, str) else f"{e.__module__}.{e.__qualname__}")
     return out
@@ -254,7 +265,11 @@ def init(*, expected: Iterable[type[BaseException] | str] = ()) -> None:
     possible, but before the input is read and before any thread starts: each input runs in
     a child forked here.  ``expected``: exception types (or names, as in ``EXPECTED_ENV``)
     whose uncaught escape is not a crash.  Outside afl-fuzz nothing happens, and the program
-    runs once as usual.  A second call (or one after ``loop``) is RuntimeError."""
+    runs once as usual.  Under ``kcovx afl``, which has started the server, it only adds
+    ``expected``.  A second call (or one after ``loop``) is RuntimeError."""
+    if _state.managed:
+        _add_expected(expected)
+        return
     if _state.started:
         raise RuntimeError("kcovx.afl.init() called twice, or after kcovx.afl.loop()")
     _start(False, expected)
@@ -265,9 +280,20 @@ def loop(n: int | None = None, *, expected: Iterable[type[BaseException] | str] 
     limit); the first call starts the fork server (as ``init``), later ones stop the process
     until afl-fuzz has the next input ready.  Outside afl-fuzz the body runs once, as
     python-afl's does without its persistent mode.  Rewind stdin (``sys.stdin.seek(0)``)
-    before reading each input."""
+    before reading each input.  Under ``kcovx afl`` the body runs once per run of the
+    program (``kcovx afl --persistent N`` repeats the program)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"loop(n): n must be a positive int or None, got {n!r}")
+    if _state.managed:
+        if _state.body_ran:
+            return False
+        _add_expected(expected)
+        _state.body_ran = True
+        return True
+    return _loop(n, expected)
+
+
+def _loop(n: int | None, expected: Iterable[type[BaseException] | str]) -> bool:
     if _state.iterations == 0:
         if _state.started:
             raise RuntimeError("kcovx.afl.loop() after kcovx.afl.init()")
@@ -297,6 +323,7 @@ def _run_once(target: str, unit: object, args: Sequence[str], module: bool) -> i
     unexpected one is a crash (does not return)."""
     from kcovx import run as run_mod
 
+    _state.body_ran = False
     try:
         if module:
             run_mod._run_module(target, args)
@@ -355,10 +382,12 @@ def run_target(
     run_mod._instrument_loaded(hook)
     if persistent is None:
         init(expected=expected)
+        _state.managed = True
         status = _run_once(target, unit, args, module)
     else:
         status = 0
-        while loop(persistent, expected=expected):
+        while _loop(persistent, expected):
+            _state.managed = True
             _rewind_stdin()
             status = _run_once(target, unit, args, module)
     if _state.server:
