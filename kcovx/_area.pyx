@@ -28,6 +28,7 @@ from cpython.buffer cimport (
     PyBUF_FORMAT,
     PyBUF_ND,
     PyBUF_STRIDES,
+    PyBUF_WRITABLE,
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
@@ -974,6 +975,63 @@ _api.trace_cmp = <_trace_cmp_slot> _api_trace_cmp
 _api.area_of = _api_area_of
 
 _C_API = PyCapsule_New(<void *> &_api, KCOVX_CAPSULE_NAME, NULL)
+
+
+# --------------------------------------------------------------------------------------------
+# AFL's edge map (kcovx.afl): an ordered trace folded into AFL's byte counters.  Called by the
+# fork server between inputs, when the area's one writer (the child) is stopped or gone.
+
+cdef inline uint64_t _afl_mix(uint64_t x) noexcept nogil:
+    # splitmix64's finalizer: every bit of a PC reaches every bit of the edge index.
+    x ^= x >> 30
+    x *= <uint64_t> 0xBF58476D1CE4E5B9
+    x ^= x >> 27
+    x *= <uint64_t> 0x94D049BB133111EB
+    x ^= x >> 31
+    return x
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _afl_fold_words(const uint64_t *pcs, uint64_t n, uint8_t *edges,
+                          uint64_t mask) noexcept nogil:
+    cdef uint64_t prev = 0
+    cdef uint64_t cur
+    cdef uint64_t i
+    for i in range(n):
+        cur = _afl_mix(pcs[i])
+        edges[(cur ^ (prev >> 1)) & mask] += 1  # u8: wraps at 256, as AFL's counters do
+        prev = cur
+
+
+def afl_fold(Area area, object afl_map):
+    """Fold the area's ordered trace (TRACE_PC) into AFL's edge map ``afl_map``, a writable
+    C-contiguous buffer whose length in bytes is a power of two (at least 2): for each PC,
+    ``afl_map[(mix(pc) ^ (mix(prev) >> 1)) & (len - 1)] += 1`` (u8, wrapping), ``prev`` the PC
+    before it (``mix(prev)`` is 0 for the first).  The area is not changed.  Returns the
+    number of PCs folded (the count, clipped to the area)."""
+    cdef Py_buffer view
+    cdef uint64_t n = 0
+    cdef uint64_t nbytes
+    try:
+        PyObject_GetBuffer(afl_map, &view, PyBUF_WRITABLE)
+    except BufferError as exc:
+        raise ValueError(
+            f"expected a writable C-contiguous buffer for the AFL map: {exc}"
+        ) from None
+    try:
+        nbytes = <uint64_t> view.len
+        if nbytes < 2 or (nbytes & (nbytes - 1)) != 0:
+            raise ValueError(f"the AFL map must be a power of two bytes (>= 2), got {nbytes}")
+        if area.c.size > 1:
+            n = kcovx_load_count(&area.c)
+            if n > area.c.size - 1:
+                n = area.c.size - 1
+        with nogil:
+            _afl_fold_words(area.c.words + 1, n, <uint8_t *> view.buf, nbytes - 1)
+    finally:
+        PyBuffer_Release(&view)
+    return n
 
 
 # --------------------------------------------------------------------------------------------

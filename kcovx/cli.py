@@ -17,7 +17,10 @@
 - ``cflags [--no-cmp] [--no-debug]`` / ``ldflags``: the compiler / linker flags that build C
   code instrumented for kcovx (``kcovx.sancov.compile_args()`` / ``link_args()``), on one line,
   quoted for a POSIX shell (and for setuptools, which splits CFLAGS/LDFLAGS the same way);
-- ``demo [--profile P] [--size N]``: the device end to end on a few fixed PCs.
+- ``demo [--profile P] [--size N]``: the device end to end on a few fixed PCs;
+- ``afl [--include PAT]... [--exclude PAT]... [--persistent N] [--expected TYPE]...
+  (script.py | -m module) [args...]``: the target of ``afl-fuzz``: instrument as ``run`` does
+  and run the program under AFL++'s fork server, or N inputs per process (``kcovx.afl``).
 
 Owns argument parsing, the defaults (``DEFAULTS``, the one place they are written), the size
 rules put in words, and exit statuses: 0 success; run: the program's own status, 2 for usage
@@ -43,7 +46,7 @@ from kcovx.profiles import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
 
 _T = TypeVar("_T")
 
-COMMANDS: Final = ("run", "report", "symbolize", "cflags", "ldflags", "demo")
+COMMANDS: Final = ("run", "report", "symbolize", "cflags", "ldflags", "demo", "afl")
 
 
 class DEFAULTS:
@@ -265,7 +268,9 @@ _RUN_VALUE_OPTS = {
 }
 
 
-def _split_run_argv(argv: Sequence[str]) -> tuple[list[str], str | None, bool, list[str]]:
+def _split_run_argv(
+    argv: Sequence[str], value_opts: frozenset[str] | set[str] = _RUN_VALUE_OPTS
+) -> tuple[list[str], str | None, bool, list[str]]:
     """Our options, the target, whether it is a module, and the program's own arguments."""
     ours: list[str] = []
     i = 0
@@ -277,7 +282,7 @@ def _split_run_argv(argv: Sequence[str]) -> tuple[list[str], str | None, bool, l
             return ours, argv[i + 1], True, list(argv[i + 2 :])
         if a.startswith("-m") and len(a) > 2 and not a.startswith("--"):
             return ours, a[2:], True, list(argv[i + 1 :])
-        if a.split("=", 1)[0] in _RUN_VALUE_OPTS:
+        if a.split("=", 1)[0] in value_opts:
             ours.append(a)
             if "=" not in a and i + 1 < len(argv):
                 ours.append(argv[i + 1])
@@ -334,6 +339,29 @@ def _run(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
         err=sys.stderr,
     )
     return 2 if reported and status == 0 else status
+
+
+# -- afl ----------------------------------------------------------------------------------------
+
+_AFL_VALUE_OPTS = frozenset({"--include", "--exclude", "--persistent", "--expected"})
+
+
+def _afl(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
+    if opts.target is None:
+        p.error("a script or -m module to run is required")
+    if opts.persistent is not None and opts.persistent < 1:
+        p.error(f"--persistent {opts.persistent}: needs a positive number of inputs")
+    from kcovx.afl import run_target
+
+    return run_target(
+        opts.target,
+        opts.args,
+        module=opts.module,
+        include=opts.include,
+        exclude=opts.exclude,
+        persistent=opts.persistent,
+        expected=opts.expected,
+    )
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -548,7 +576,45 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Open a device, record a few hand-written PCs per input, read them back.",
     )
     _device_options(demo_p, DEFAULTS.demo_size)
+    afl = sub.add_parser(
+        "afl",
+        usage="kcovx afl [options] (script.py | -m module) [args...]",
+        help="the target of afl-fuzz: a Python program under AFL++'s fork server",
+        description="Instrument as kcovx run does and run the program (its input on stdin) "
+        "under AFL++'s fork server; each input's trace goes to AFL's edge map.  An uncaught "
+        "exception is a crash (SIGABRT).  Outside afl-fuzz the program runs once.",
+    )
+    afl.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="instrument modules whose name matches (as kcovx run)",
+    )
+    afl.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="never instrument modules whose name matches",
+    )
+    afl.add_argument(
+        "--persistent",
+        type=_int,
+        default=None,
+        metavar="N",
+        help="persistent mode: run the program N times per process",
+    )
+    afl.add_argument(
+        "--expected",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="an exception type that is not a crash (ValueError, "
+        "json.JSONDecodeError; subclasses too)",
+    )
     return top, {
+        "afl": afl,
         "run": run,
         "report": rep,
         "symbolize": sym,
@@ -612,6 +678,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = top.parse_args(["run", *ours])
         opts.target, opts.module, opts.args = target, module, args
         return _run(sub["run"], opts)
+    if argv and argv[0] == "afl":
+        ours, target, module, args = _split_run_argv(argv[1:], _AFL_VALUE_OPTS)
+        opts = top.parse_args(["afl", *ours])
+        opts.target, opts.module, opts.args = target, module, args
+        return _afl(sub["afl"], opts)
     opts = top.parse_args(argv)
     handler = _HANDLERS.get(opts.command)
     if handler is not None:
