@@ -5,8 +5,9 @@ afl-fuzz follow python-afl's ``afl.init``/``afl.loop``.
 
 Owns: the fork server protocol on fds 198/199, attaching AFL's shared-memory map
 (``__AFL_SHM_ID``), the area the fork server's children record into, folding each input's
-trace into AFL's map (``_area.afl_fold``, in C), and the crash policy (an uncaught exception
-is ``os.abort()``, unless its type is listed as expected).
+trace into AFL's map (``_area.afl_fold``, in C), and the crash policy (an exception that
+escapes the program or any of its threads is ``os.abort()``, unless its type is listed as
+expected).
 
 The protocol, as the AFL++ this was checked against speaks it (4.04c, Debian's ``afl++``;
 ``include/config.h``, ``include/types.h``, ``src/afl-forkserver.c``; this version has the
@@ -34,7 +35,10 @@ that crashes, hangs or calls ``os._exit`` is still covered up to its end.
 
 Threading: call ``init``/``loop`` from the main thread of a process with no other threads
 (the server forks).  One writer per area: the child records while it runs, the server
-resets and folds only while the child is stopped or gone.
+resets and folds only while the child is stopped or gone.  Threads an input starts are the
+program's own: an exception escaping one is a crash like one escaping the main thread
+(``threading.excepthook``), but what they run is not recorded (the device, like Linux kcov's,
+belongs to the thread that enabled it: the child's main thread).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Iterable, Sequence
@@ -171,6 +176,14 @@ def _excepthook(
     crash(value.with_traceback(tb))
 
 
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or is_expected(args.exc_type):
+        threading.__excepthook__(args)
+        return
+    assert args.exc_value is not None  # an uncaught exception always has its value
+    crash(args.exc_value.with_traceback(args.exc_traceback))
+
+
 def _add_expected(expected: Iterable[type[BaseException] | str]) -> None:
     for name in _expected_list(expected, env=False):
         if name not in _state.expected:  # the program may list them once per run
@@ -212,6 +225,10 @@ def _serve(
     while True:
         killed = _read_word(ctl)
         if killed is None:  # afl-fuzz is gone (or restarts us with another map size)
+            if stopped:  # a persistent child waits for an input that never comes
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
             os._exit(0)
         if stopped and killed:
             os.waitpid(child, 0)  # afl-fuzz killed it (a timeout): reap, then fork afresh
@@ -258,6 +275,7 @@ def _start(persistent: bool, expected: Iterable[type[BaseException] | str]) -> N
     kc.enable()  # in the child: record into the server's area
     _state.server, _state.device = True, kc
     sys.excepthook = _excepthook
+    threading.excepthook = _thread_excepthook
 
 
 def init(*, expected: Iterable[type[BaseException] | str] = ()) -> None:

@@ -20,11 +20,14 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from _native_support import NATIVECOV, built
 
+import kcovx
+import kcovx.sancov
 from kcovx import _area, afl
 
 HERE = Path(__file__).parent
@@ -203,6 +206,53 @@ def test_uncaught_exception_is_sigabrt(fake: list[FakeAfl]) -> None:
     assert "ValueError: a crash" in err
 
 
+def test_uncaught_exception_in_a_thread_is_sigabrt(fake: list[FakeAfl]) -> None:
+    f = start(fake, [sys.executable, str(TARGETS / "trace_thread.py")])
+    _, status, m = f.run(b"!\x03")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT
+    assert m == edges(pcs_of(b"!\x03", 0x3000), 1 << 16)
+    _, status, _ = f.run(b"?")  # KeyError, listed: printed, the program goes on
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    _, status, _ = f.run(b"\x01")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    _, err = f.finish()
+    assert "ValueError: a crash in a thread" in err and "KeyError" in err
+    assert err.count("Traceback") == 2
+
+
+def native_trace(fn: Callable[[], object]) -> list[int]:
+    """What fn() records on a linux device of this thread."""
+    dev = kcovx.open(profile="linux")
+    try:
+        dev.init_trace(4096)
+        w = dev.mmap()
+        dev.enable()
+        w[0] = 0
+        fn()
+        pcs = [int(x) for x in w[1 : 1 + int(w[0])]]
+        dev.disable()
+    finally:
+        dev.close()
+    return pcs
+
+
+def test_native_coverage_reaches_the_map(
+    fake: list[FakeAfl], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A compiler-instrumented extension's trace-pc hooks record into the fork server's area,
+    and so into AFL's map: exactly the edges of the trace the same call records in-process."""
+    nc = built(tmp_path_factory, "nativecov", NATIVECOV)
+    env = {"PYTHONPATH": os.pathsep.join([str(nc.folder), os.environ.get("PYTHONPATH", "")])}
+    f = start(fake, [sys.executable, str(TARGETS / "trace_native.py")], env=env)
+    for x in (5, 50):
+        want = native_trace(lambda: nc.module.pick(x))  # noqa: B023 (called at once)
+        assert want and all(kcovx.sancov.is_native(pc) for pc in want)
+        _, status, m = f.run(str(x).encode())
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert m == edges(want, 1 << 16)
+    assert native_trace(lambda: nc.module.pick(5)) != native_trace(lambda: nc.module.pick(50))
+
+
 @pytest.mark.parametrize("env", [{}, {afl.EXPECTED_ENV: "builtins.ValueError, LookupError"}])
 def test_expected_exceptions_are_not_crashes(fake: list[FakeAfl], env: dict[str, str]) -> None:
     f = start(fake, [sys.executable, str(TARGETS / "trace_init.py")], env=env)
@@ -235,6 +285,14 @@ def test_persistent_loop(fake: list[FakeAfl]) -> None:
     assert m == edges([0x2006], 1 << 16)
     pid2, status, _ = f.run(b"!")
     assert pid2 == pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT
+    # afl-fuzz goes away while a child waits, stopped, for its next input: the server kills
+    # and reaps it, so no stopped process is left holding the target's pipes
+    pid3, status, _ = f.run(b"\x07")
+    assert os.WIFSTOPPED(status)
+    code, _ = f.finish()
+    assert code == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid3, 0)
 
 
 # -- outside afl-fuzz: as python-afl --------------------------------------------------------
@@ -396,7 +454,7 @@ def test_afl_fuzz_finds_the_crash(tmp_path: Path) -> None:
     assert plain.returncode == 1 and b"RuntimeError: found the crash" in plain.stderr
 
 
-@pytest.mark.parametrize("persistent", [[]])  # with --persistent: not yet (see the report)
+@pytest.mark.parametrize("persistent", [[], ["--persistent", "3"]])
 def test_cli_runs_programs_written_for_the_api(fake: list[FakeAfl], persistent: list[str]) -> None:
     """A program calling init()/loop() itself under ``kcovx afl``: init only adds its
     expected types, loop's body runs once per run of the program.  (Instrumented, its own
