@@ -23,22 +23,32 @@ option-flags hello, not the later versioned handshake):
 - Per input: afl-fuzz clears the map and writes one word (nonzero: it killed the previous
   child, a timeout); the server replies with the child's pid, then its wait status.  A
   signalled child is a crash (SIGKILL after a timeout: a hang).
-- Persistent mode: the child stops itself (SIGSTOP) after each input; the server waits with
-  ``WUNTRACED``, reports the stopped status, and on the next command sends SIGCONT to the same
-  child, or reaps it and forks a new one when afl-fuzz says it killed it.
+- Persistent mode, as afl-fuzz sees it: the same pid for many inputs, each ending in a
+  "stopped" wait status (AFL++'s own runtime has the child SIGSTOP itself and the server
+  resume it).  Here the child speaks the protocol itself between inputs, which saves two
+  process wake-ups per input: it folds its trace, writes the stopped status, reads the next
+  command and replies with its own pid (the first time too, just after the fork).  The
+  server meanwhile sleeps in ``waitpid``; when the child is gone (a crash, afl-fuzz's
+  timeout kill, or the program's end after its last input) it reports the input the child
+  was running, if a shared page says one was, and forks the next child on the next command.
+  Under ``kcovx afl --persistent N``, which starts the program afresh for each input, a
+  crash is reported as a SIGABRT status and the same child goes on to the next input.
 
 Coverage: the server maps one area (linux profile, an ordered trace, anonymous shared memory)
 before forking; each child enables the device on its main thread, so its Python probes and
-native hooks record there.  The server resets the count before each input and, once the
-child has stopped or ended, folds the trace into AFL's map, then sends the status: an input
-that crashes, hangs or calls ``os._exit`` is still covered up to its end.
+native hooks record there.  The count is reset before each input and the trace folded into
+AFL's map before its status is sent (by the persistent child between inputs, else by the
+server once the child is gone): an input that crashes, hangs or calls ``os._exit`` is still
+covered up to its end.
 
 Threading: call ``init``/``loop`` from the main thread of a process with no other threads
-(the server forks).  One writer per area: the child records while it runs, the server
-resets and folds only while the child is stopped or gone.  Threads an input starts are the
-program's own: an exception escaping one is a crash like one escaping the main thread
-(``threading.excepthook``), but what they run is not recorded (the device, like Linux kcov's,
-belongs to the thread that enabled it: the child's main thread).
+(the server forks).  One writer per area: the child records, resets and folds while it
+lives; the server resets and folds only before it forks or once the child is gone (after
+``waitpid``, which orders the child's stores before the server's loads; so for the phase
+page).  Threads an input starts are the program's own: an exception escaping one is a crash
+like one escaping the main thread (``threading.excepthook``), but what they run is not
+recorded (the device, like Linux kcov's, belongs to the thread that enabled it: the child's
+main thread).
 """
 
 from __future__ import annotations
@@ -46,8 +56,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
+import mmap
 import os
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -74,6 +87,12 @@ AREA_WORDS: Final = 1 << 20  # the children's ordered trace: 8 MiB
 EXPECTED_ENV: Final = "KCOVX_AFL_EXPECTED"
 
 _WORD = struct.Struct("=I")
+# A persistent child's phase, in a shared page the server reads once the child is gone.
+_WAITING: Final = 0  # between inputs: nothing to report
+_RUNNING: Final = 1  # an input is running: its status is still owed to afl-fuzz
+_STOPPED_STATUS: Final = (signal.SIGSTOP << 8) | 0x7F  # what waitpid says of a stopped child
+_ABORTED_STATUS: Final = int(signal.SIGABRT)  # ... of a child killed by SIGABRT
+_CRASHED: Final = -1  # _run_once: an unexpected exception, survived
 _IPC_STAT: Final = 2
 _SHM_SEGSZ_OFFSET: Final = 48  # struct shmid_ds on 64-bit Linux: after the 48-byte ipc_perm
 
@@ -90,6 +109,17 @@ class _State:
     # init() is a no-op and its loop() runs the body once per run of the program.
     managed: bool = False
     body_ran: bool = False
+    persist: _Persist | None = None  # in a persistent child of the server
+    owed: int = _STOPPED_STATUS  # the status the persistent child reports for this input
+
+
+@dataclass
+class _Persist:
+    """A persistent child's handles: its area, AFL's map, the shared phase page."""
+
+    area: _area.Area
+    afl_map: ctypes.Array[ctypes.c_ubyte] | None
+    phase: mmap.mmap
 
 
 _state = _State()
@@ -162,9 +192,28 @@ def is_expected(tp: type[BaseException], expected: Iterable[str] | None = None) 
 
 def crash(exc: BaseException) -> NoReturn:
     """Print the traceback as python would, then die by SIGABRT: a crash to AFL."""
-    traceback.print_exception(type(exc), exc, exc.__traceback__)
-    sys.stderr.flush()
+    _print_exception(exc)
     os.abort()
+
+
+def _print_exception(exc: BaseException) -> None:
+    """The traceback on stderr, unless stderr is /dev/null (afl-fuzz's default for its
+    target, where formatting it would cost more than most inputs: source lines are read
+    afresh in every new child)."""
+    if _stderr_discarded():
+        return
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+@functools.cache
+def _stderr_discarded() -> bool:
+    try:
+        err, null = os.fstat(2), os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(err.st_mode) and err.st_rdev == null.st_rdev
 
 
 def _excepthook(
@@ -216,45 +265,81 @@ def _write_word(fd: int, word: int) -> None:
     os.write(fd, _WORD.pack(word & 0xFFFFFFFF))
 
 
-def _serve(
-    area: _area.Area, afl_map: ctypes.Array[ctypes.c_ubyte] | None, persistent: bool
-) -> None:
-    """The fork server's loop, in the parent; returns only in a child, to run an input."""
+def _serve_forked(area: _area.Area, afl_map: ctypes.Array[ctypes.c_ubyte] | None) -> None:
+    """The fork server's loop, one child per input; returns only in a child."""
     ctl, st = FORKSRV_FD, FORKSRV_FD + 1
-    child, stopped = -1, False
     while True:
-        killed = _read_word(ctl)
-        if killed is None:  # afl-fuzz is gone (or restarts us with another map size)
-            if stopped:  # a persistent child waits for an input that never comes
-                with contextlib.suppress(OSError):
-                    os.kill(child, signal.SIGKILL)
-                    os.waitpid(child, 0)
+        if _read_word(ctl) is None:  # afl-fuzz is gone (or restarts us with another map size)
             os._exit(0)
-        if stopped and killed:
-            os.waitpid(child, 0)  # afl-fuzz killed it (a timeout): reap, then fork afresh
-            stopped = False
-        with memoryview(area) as words:
-            words[0] = 0  # the next input's trace starts at word 1
-        if stopped:
-            os.kill(child, signal.SIGCONT)
-            stopped = False
-        else:
-            child = os.fork()
-            if child == 0:
-                os.close(ctl)
-                os.close(st)
-                return
+        _reset(area)
+        child = os.fork()
+        if child == 0:
+            os.close(ctl)
+            os.close(st)
+            return
         _write_word(st, child)
-        _, status = os.waitpid(child, os.WUNTRACED if persistent else 0)
-        stopped = os.WIFSTOPPED(status)
+        _, status = os.waitpid(child, 0)
         if afl_map is not None:
             _area.afl_fold(area, afl_map)
         _write_word(st, status)
 
 
+def _serve_persistent(
+    area: _area.Area, afl_map: ctypes.Array[ctypes.c_ubyte] | None, phase: mmap.mmap
+) -> None:
+    """The fork server's loop in persistent mode; returns only in a child, which then serves
+    afl-fuzz's commands itself between inputs (``_next_input``) until it ends.  The server
+    sleeps in ``waitpid`` meanwhile; once the child is gone it reports the input the child
+    was running, if any (``phase``: a crash, a timeout kill, or the program's end after its
+    last input), and forks the next child on the next command."""
+    ctl, st = FORKSRV_FD, FORKSRV_FD + 1
+    while True:
+        if _read_word(ctl) is None:
+            os._exit(0)
+        _reset(area)
+        phase[0] = _RUNNING
+        child = os.fork()
+        if child == 0:
+            # The child replies with its pid itself: it alone writes to afl-fuzz while it
+            # lives, so its pid cannot be overtaken by the status of a fast first input.
+            _write_word(st, os.getpid())
+            return
+        _, status = os.waitpid(child, 0)
+        if phase[0] == _RUNNING:  # the child ended during an input: that input's status
+            if afl_map is not None:
+                _area.afl_fold(area, afl_map)
+            _write_word(st, status)
+
+
+def _reset(area: _area.Area) -> None:
+    with memoryview(area) as words:
+        words[0] = 0  # the next input's trace starts at word 1
+
+
+def _next_input() -> bool:
+    """In a persistent child, between two inputs: report the one that ended (fold its trace,
+    then a stopped status, as a child that stopped itself would give), wait for afl-fuzz's
+    next command, reset the trace and reply with our pid.  False: afl-fuzz is gone."""
+    p = _state.persist
+    assert p is not None
+    if p.afl_map is not None:
+        _area.afl_fold(p.area, p.afl_map)
+    p.phase[0] = _WAITING
+    _write_word(FORKSRV_FD + 1, _state.owed)
+    _state.owed = _STOPPED_STATUS
+    if _read_word(FORKSRV_FD) is None:
+        return False
+    _reset(p.area)
+    p.phase[0] = _RUNNING
+    _write_word(FORKSRV_FD + 1, os.getpid())
+    return True
+
+
 def _start(persistent: bool, expected: Iterable[type[BaseException] | str]) -> None:
     _state.started, _state.persistent = True, persistent
-    _state.expected = _expected_list(expected)
+    for name in _expected_list(expected):  # after kcovx afl's own (--expected), if any
+        if name not in _state.expected:
+            _state.expected.append(name)
     shm = os.environ.get(SHM_ENV)
     afl_map = attach_map(int(shm)) if shm else None
     try:
@@ -267,7 +352,12 @@ def _start(persistent: bool, expected: Iterable[type[BaseException] | str]) -> N
     kc.init_trace(AREA_WORDS)
     area = kc.map_area()
     try:
-        _serve(area, afl_map, persistent)
+        if persistent:
+            phase = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared: seen across fork
+            _serve_persistent(area, afl_map, phase)
+            _state.persist = _Persist(area, afl_map, phase)
+        else:
+            _serve_forked(area, afl_map)
     except BaseException:  # never run the program in the server: its children do
         traceback.print_exc()
         sys.stderr.flush()
@@ -297,9 +387,10 @@ def loop(n: int | None = None, *, expected: Iterable[type[BaseException] | str] 
     """``while kcovx.afl.loop(n): ...``: persistent mode, ``n`` inputs per process (None: no
     limit); the first call starts the fork server (as ``init``), later ones stop the process
     until afl-fuzz has the next input ready.  Outside afl-fuzz the body runs once, as
-    python-afl's does without its persistent mode.  Rewind stdin (``sys.stdin.seek(0)``)
-    before reading each input.  Under ``kcovx afl`` the body runs once per run of the
-    program (``kcovx afl --persistent N`` repeats the program)."""
+    python-afl's does without its persistent mode.  Each later call rewinds stdin
+    (``sys.stdin.seek(0)``, which python-afl leaves to the program).  Under ``kcovx afl``
+    the body runs once per run of the program (``kcovx afl --persistent N`` repeats the
+    program; ``kcovx afl --deferred`` lets this loop be the persistent one)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"loop(n): n must be a positive int or None, got {n!r}")
     if _state.managed:
@@ -319,8 +410,10 @@ def _loop(n: int | None, expected: Iterable[type[BaseException] | str]) -> bool:
         _state.iterations = 1
         return True
     if _state.server and (n is None or _state.iterations < n):
-        os.kill(os.getpid(), signal.SIGSTOP)
+        if not _next_input():
+            _quick_exit(0)  # afl-fuzz is gone: nothing is waiting for this process
         _state.iterations += 1
+        _rewind_stdin()  # the program's own sys.stdin.seek(0), if any, is then a no-op
         return True
     if _state.device is not None:
         _state.device.disable()  # what runs after the last input is not its coverage
@@ -336,9 +429,11 @@ def _rewind_stdin() -> None:
         sys.stdin.seek(0)  # a pipe or a closed stdin: nothing to rewind
 
 
-def _run_once(target: str, unit: object, args: Sequence[str], module: bool) -> int:
+def _run_once(
+    target: str, unit: object, args: Sequence[str], module: bool, survive: bool = False
+) -> int:
     """Run the target once; its status (SystemExit), 1 for an expected exception; an
-    unexpected one is a crash (does not return)."""
+    unexpected one is a crash: does not return, or with ``survive`` returns ``_CRASHED``."""
     from kcovx import run as run_mod
 
     _state.body_ran = False
@@ -355,8 +450,11 @@ def _run_once(target: str, unit: object, args: Sequence[str], module: bool) -> i
             traceback.print_exception(type(e), e, e.__traceback__)
             return 1
         if not is_expected(type(e)):
-            crash(e)
-        traceback.print_exception(type(e), e, e.__traceback__)
+            if not survive:
+                crash(e)
+            _print_exception(e)
+            return _CRASHED
+        _print_exception(e)
         return 1
     return 0
 
@@ -369,6 +467,7 @@ def run_target(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     persistent: int | None = None,
+    deferred: bool = False,
     expected: Sequence[str] = (),
 ) -> int:
     """``kcovx afl``: instrument as ``kcovx run`` does, then run ``target`` (a script, or a
@@ -376,9 +475,15 @@ def run_target(
     process under ``loop(N)`` (stdin rewound before each run; an expected exception or a
     SystemExit ends that input only).  The target reads its input from stdin.  Under
     afl-fuzz each child ends by ``os._exit`` (``_quick_exit``); outside it, returns the exit
-    status of the last run (2: the target cannot be started)."""
+    status of the last run (2: the target cannot be started).  ``deferred=True``: the
+    program starts the server itself (``init()`` after its imports, or ``loop(N)``), so
+    imports happen once, not per input; under afl-fuzz, a program that never does is status
+    2 with a message."""
     from kcovx import instrument
     from kcovx import run as run_mod
+
+    if deferred and persistent is not None:
+        raise ValueError("persistent and deferred exclude each other")
 
     if module:
         import importlib.util
@@ -398,7 +503,17 @@ def run_target(
     unit = None if module else run_mod._script_unit(target, False)
     hook.install()
     run_mod._instrument_loaded(hook)
-    if persistent is None:
+    if deferred:
+        _add_expected(expected)  # the program's init()/loop() add the variable's and theirs
+        status = _run_once(target, unit, args, module)
+        if not _state.started and _under_afl():
+            print(
+                "kcovx afl --deferred: the program ended without calling kcovx.afl.init() "
+                "or kcovx.afl.loop(), so afl-fuzz never heard from a fork server",
+                file=sys.stderr,
+            )
+            return 2
+    elif persistent is None:
         init(expected=expected)
         _state.managed = True
         status = _run_once(target, unit, args, module)
@@ -407,10 +522,25 @@ def run_target(
         while _loop(persistent, expected):
             _state.managed = True
             _rewind_stdin()
-            status = _run_once(target, unit, args, module)
+            status = _run_once(target, unit, args, module, survive=True)
+            if status == _CRASHED:
+                # Each run starts the program afresh, so the process can go on: the crash
+                # is reported as SIGABRT (by _next_input), not by dying and forking anew.
+                _state.owed = _ABORTED_STATUS
+        if _state.owed == _ABORTED_STATUS:
+            os.abort()  # the last input crashed: this time the status is our own
     if _state.server:
         _quick_exit(status)
     return status
+
+
+def _under_afl() -> bool:
+    """Whether afl-fuzz's reply pipe is open (a fork server would have written its hello)."""
+    try:
+        os.fstat(FORKSRV_FD + 1)
+    except OSError:
+        return False
+    return True
 
 
 def _quick_exit(status: int) -> NoReturn:

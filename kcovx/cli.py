@@ -18,9 +18,10 @@
   code instrumented for kcovx (``kcovx.sancov.compile_args()`` / ``link_args()``), on one line,
   quoted for a POSIX shell (and for setuptools, which splits CFLAGS/LDFLAGS the same way);
 - ``demo [--profile P] [--size N]``: the device end to end on a few fixed PCs;
-- ``afl [--include PAT]... [--exclude PAT]... [--persistent N] [--expected TYPE]...
-  (script.py | -m module) [args...]``: the target of ``afl-fuzz``: instrument as ``run`` does
-  and run the program under AFL++'s fork server, or N inputs per process (``kcovx.afl``).
+- ``afl [--include PAT]... [--exclude PAT]... [--persistent N | --deferred]
+  [--expected TYPE]... (script.py | -m module) [args...]``: the target of ``afl-fuzz``:
+  instrument as ``run`` does and run the program under AFL++'s fork server, N inputs per
+  process, or (``--deferred``) where the program calls ``kcovx.afl.init()``/``loop()``.
 
 Owns argument parsing, the defaults (``DEFAULTS``, the one place they are written), the size
 rules put in words, and exit statuses: 0 success; run: the program's own status, 2 for usage
@@ -351,6 +352,11 @@ def _afl(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
         p.error("a script or -m module to run is required")
     if opts.persistent is not None and opts.persistent < 1:
         p.error(f"--persistent {opts.persistent}: needs a positive number of inputs")
+    if opts.persistent is not None and opts.deferred:
+        p.error(
+            "--persistent and --deferred exclude each other (a program calling "
+            "kcovx.afl.loop(N) chooses its own N)"
+        )
     from kcovx.afl import run_target
 
     return run_target(
@@ -360,6 +366,7 @@ def _afl(p: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
         include=opts.include,
         exclude=opts.exclude,
         persistent=opts.persistent,
+        deferred=opts.deferred,
         expected=opts.expected,
     )
 
@@ -604,6 +611,12 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=None,
         metavar="N",
         help="persistent mode: run the program N times per process",
+    )
+    afl.add_argument(
+        "--deferred",
+        action="store_true",
+        help="the program starts the fork server itself, by calling kcovx.afl.init() after "
+        "its imports or kcovx.afl.loop(N) (python-afl's API): kcovx afl only instruments",
     )
     afl.add_argument(
         "--expected",

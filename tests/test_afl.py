@@ -76,7 +76,11 @@ class FakeAfl:
     """afl-fuzz's side of the protocol, for one target process."""
 
     def __init__(
-        self, argv: Sequence[str], map_size: int = 1 << 16, env: dict[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        map_size: int = 1 << 16,
+        env: dict[str, str] | None = None,
+        read_hello: bool = True,
     ) -> None:
         self.shm_id = _libc.shmget(IPC_PRIVATE, map_size, IPC_CREAT | 0o600)
         assert self.shm_id >= 0, os.strerror(ctypes.get_errno())
@@ -104,7 +108,7 @@ class FakeAfl:
         finally:
             for fd in (afl.FORKSRV_FD, afl.FORKSRV_FD + 1, ctl_r, st_w):
                 os.close(fd)
-        self.hello = self._read()
+        self.hello = self._read() if read_hello else -1
 
     def _read(self) -> int:
         data = b""
@@ -355,6 +359,51 @@ def test_cli(fake: list[FakeAfl], persistent: list[str]) -> None:
     assert "RuntimeError: found the crash" in err
 
 
+def test_cli_persistent_survives_crashes(fake: list[FakeAfl]) -> None:
+    """Under ``--persistent N`` each run starts the program afresh, so a crash is reported as
+    SIGABRT and the same process takes the next input (no fork per crash); a crash on the
+    last of its N inputs is a real SIGABRT.  The traceback reaches stderr."""
+    f = start(fake, [*KCOVX, "afl", "--persistent", "3", str(EXAMPLE)])
+    runs = [f.run(data) for data in (b"kcov!", b"kcaa", b"kcov!", b"kcov?")]
+    assert [os.WIFSIGNALED(st) and os.WTERMSIG(st) for _, st, _ in runs] == [
+        signal.SIGABRT,
+        False,
+        signal.SIGABRT,
+        signal.SIGABRT,
+    ]
+    assert os.WIFSTOPPED(runs[1][1])
+    assert runs[0][0] == runs[1][0] == runs[2][0] != runs[3][0]
+    assert runs[0][2] == runs[2][2] != runs[1][2]  # covered up to the crash, each time
+    _, status, _ = f.run(b"kcaa")
+    assert os.WIFSTOPPED(status)
+    _, err = f.finish()
+    assert err.count("RuntimeError: found the crash") == 3
+
+
+def test_no_traceback_into_dev_null(tmp_path: Path) -> None:
+    """With stderr on /dev/null (afl-fuzz's default) the crash policy skips formatting the
+    traceback; the crash is still SIGABRT.  (Checked in-process: the decision itself.)"""
+    code = (
+        "import os, sys\n"
+        "from kcovx import afl\n"
+        "print(afl._stderr_discarded())\n"
+        "sys.stdout.flush()\n"
+        "afl.crash(ValueError('x'))\n"
+    )
+    for err, want in ((subprocess.DEVNULL, b"True\n"), (subprocess.PIPE, b"False\n")):
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=False,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert r.stdout == want and r.returncode == -signal.SIGABRT
+        if err == subprocess.PIPE:
+            assert b"ValueError: x" in r.stderr
+
+
 def test_cli_expected_and_plain_run(fake: list[FakeAfl], tmp_path: Path) -> None:
     f = start(fake, [*KCOVX, "afl", "--expected", "RuntimeError", str(EXAMPLE)])
     _, status, _ = f.run(b"kcov")
@@ -374,6 +423,49 @@ def test_cli_expected_and_plain_run(fake: list[FakeAfl], tmp_path: Path) -> None
         check=False, args=[*KCOVX, "afl", str(tmp_path / "nope.py")], capture_output=True
     )
     assert r.returncode == 2
+
+
+def test_cli_deferred(fake: list[FakeAfl]) -> None:
+    """``kcovx afl --deferred``: the program's own init() forks after its imports (a child per
+    input); its own loop(N) is persistent, N inputs per process, stdin rewound by loop()."""
+    f = start(fake, [*KCOVX, "afl", "--deferred", str(TARGETS / "trace_init.py")])
+    runs = [f.run(data) for data in (b"\x01\x02", b"\x03", b"\x01\x02")]
+    assert all(os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0 for _, st, _ in runs)
+    assert len({pid for pid, _, _ in runs}) == 3  # forked per input
+    assert runs[0][2] == runs[2][2] != runs[1][2] and runs[1][2]
+    _, status, _ = f.run(b"?")  # KeyError: listed by the program's init(expected=[KeyError])
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+    _, status, _ = f.run(b"!")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT
+    f.finish()
+    g = start(fake, [*KCOVX, "afl", "--deferred", str(TARGETS / "trace_loop.py"), "3"])
+    runs = [g.run(data) for data in (b"\x01", b"\x02", b"\x01", b"\x02")]
+    assert [os.WIFSTOPPED(st) for _, st, _ in runs] == [True, True, False, True]
+    assert runs[0][0] == runs[1][0] == runs[2][0] != runs[3][0]  # three inputs per process
+    assert runs[0][2] == runs[2][2] != runs[1][2] == runs[3][2]
+    _, status, _ = g.run(b"!")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT
+    code, err = g.finish()
+    assert code == 0 and "ValueError: a crash" in err
+
+
+def test_cli_deferred_without_the_api(fake: list[FakeAfl]) -> None:
+    """A program that never starts the server under --deferred: a message and status 2 (and
+    no hello, so afl-fuzz stops at its handshake); --persistent with --deferred is a usage
+    error."""
+    f = start(fake, [*KCOVX, "afl", "--deferred", str(EXAMPLE)], read_hello=False)
+    with pytest.raises(AssertionError, match="closed its status pipe"):
+        f._read()
+    code, err = f.finish()
+    assert code == 2 and "never heard from a fork server" in err
+    r = subprocess.run(
+        [*KCOVX, "afl", "--deferred", "--persistent", "3", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 2 and "exclude each other" in r.stderr
 
 
 # -- the fold --------------------------------------------------------------------------------
