@@ -8,7 +8,9 @@
 message.  Invalid input raises the parser's own error, which is caught: what is left is a real
 finding (a crash to AFL).  The program is the same for both engines but for one import
 (python-afl's ``afl`` or ``kcovx.afl``): it calls ``afl.init()`` after its imports or, with
-N, ``while afl.loop(N)``, as python-afl's documentation shows.  ``--replay DIR`` runs each file
+N, ``while afl.loop(N)``, as python-afl's documentation shows.  With
+``KCOVX_BENCH_ENGINE=none`` it is a plain program reading one input, for ``kcovx afl
+--persistent N``, which needs no API in the program.  ``--replay DIR`` runs each file
 in DIR through the target (no engine) under a kcovx device and prints the number of distinct
 blocks of the parser's package: the measure bench_afl.py compares both engines' corpora with.
 Single-threaded.
@@ -94,8 +96,12 @@ def main() -> None:
     if sys.argv[1] == "--replay":
         print(replay(sys.argv[2], sys.argv[3]))
         return
-    name = sys.argv[1]
-    if os.environ.get("KCOVX_BENCH_ENGINE") == "python-afl":
+    name, engine = sys.argv[1], os.environ.get("KCOVX_BENCH_ENGINE", "kcovx")
+    if engine == "none":  # a plain program, one input: for kcovx afl [--persistent N]
+        fn, errors = TARGETS[name]()
+        run(fn, errors, sys.stdin.buffer.read())
+        return
+    if engine == "python-afl":
         import afl
     else:
         import kcovx.afl as afl  # type: ignore[no-redef]
