@@ -12,22 +12,23 @@ Owns: issue 12's figures.  Two measurements per workload (a stdlib parser fed st
    is ``kcovx afl`` with nothing instrumented: the floor (the driver's, the fork server's
    and the parser's cost).
 2. **Campaigns**: ``afl-fuzz -V SECONDS -s 1 -t 1000`` per engine and mode from the same
-   seeds, persistent (kcovx: ``kcovx afl --persistent N`` on the plain program; python-afl:
-   ``while afl.loop(N)``) and forked (both: ``afl.init()`` after the imports, kcovx with
-   ``--deferred``).  Reported: execs/s and edges from ``fuzzer_stats``; and, because the two
-   engines' edges are different units (python-afl hashes line-to-line transitions of every
-   Python line run, kcovx block-to-block transitions of the instrumented package only), each
-   final corpus measured again in *both* units with ``afl-showmap -C``.
+   seeds, persistent (the same program for both engines, ``while afl.loop(N)``, kcovx under
+   ``kcovx afl --deferred``; and, info, ``kcovx afl --persistent N`` on the program without
+   the API) and forked (both: ``afl.init()`` after the imports).  Reported: execs/s and
+   edges from ``fuzzer_stats``; and, because the two engines' edges are different units
+   (python-afl hashes line-to-line transitions of every Python line run, kcovx
+   block-to-block transitions of the instrumented package only), each final corpus measured
+   again in *both* units with ``afl-showmap -C``.
 
-Judged (issue 12): persistent campaigns, kcovx execs/s >= 3x python-afl's, and kcovx's corpus
-covering at least as many edges as python-afl's, in python-afl's unit and in kcovx's.  The
-same-input figures and the forked campaigns are info.
+Judged (issue 12): persistent campaigns of the same program, kcovx execs/s >= 3x python-afl's,
+and kcovx's corpus covering at least as many edges as python-afl's, in python-afl's unit and
+in kcovx's.  The same-input figures and the other campaigns are info.
 
 Needs ``afl-fuzz``, ``afl-showmap`` (Debian's ``afl++``) and python-afl (``pip install
 python-afl``) for this interpreter; exits 2 (broken) when one is missing.  Usage:
 ``python benchmarks/bench_afl.py [--quick] [--seconds S] [--workload W]...``; about
-2 x 4 x SECONDS plus a minute (default 60 s: about 9 minutes).  Single-threaded driver; each
-campaign runs alone (AFL_NO_AFFINITY, nothing else should run).
+workloads x 5 x SECONDS plus a minute each (default 60 s, two workloads: about 12 minutes).
+Single-threaded driver; each campaign runs alone (AFL_NO_AFFINITY, nothing else should run).
 """
 
 from __future__ import annotations
@@ -316,7 +317,19 @@ def same_inputs(workload: str, work: Path, rounds: int, count: int) -> None:
         table.print_row(name, us, us / plain, median(times[peer]) / us)
 
 
-def campaigns(workload: str, work: Path, seconds: int, judge: Judge) -> None:
+def floor(work: Path, seconds: int) -> float:
+    """execs/s of a persistent campaign whose target does nothing (``noop``: reads stdin),
+    under kcovx: what afl-fuzz and the fork server protocol cost per input on this machine.
+    No engine can go faster, so ``floor / python-afl's execs/s`` bounds the ratio any engine
+    could reach against python-afl on a workload."""
+    seed_dir = work / "floor-seeds"
+    seed_dir.mkdir()
+    (seed_dir / "seed").write_bytes(b"x" * 64)
+    eng = engines("noop")["kcovx loop"]
+    return campaign(eng, seed_dir, work / "floor", seconds, []).execs_per_s
+
+
+def campaigns(workload: str, work: Path, seconds: int, judge: Judge, ceiling: float) -> None:
     seed_dir = work / "seeds"
     seed_dir.mkdir()
     for i, data in enumerate(seeds(workload)):
@@ -324,7 +337,7 @@ def campaigns(workload: str, work: Path, seconds: int, judge: Judge) -> None:
     eng = engines(workload)
     units = [eng["kcovx"], eng["python-afl"]]
     results = {}
-    for name in ("kcovx", "python-afl", "kcovx fork", "python-afl fork"):
+    for name in ("kcovx loop", "kcovx", "python-afl", "kcovx fork", "python-afl fork"):
         results[name] = campaign(eng[name], seed_dir, work / name.replace(" ", "-"), seconds, units)
     print(
         f"\n{workload}: afl-fuzz campaigns of {seconds} s each from {len(seeds(workload))} "
@@ -345,8 +358,12 @@ def campaigns(workload: str, work: Path, seconds: int, judge: Judge) -> None:
             c.edges_in["kcovx"],
             c.edges_in["python-afl"],
         )
-    k, p = results["kcovx"], results["python-afl"]
-    verdicts = Table("persistent: kcovx vs python-afl<40 | ratio>7.2f", judged=True)
+    k, p = results["kcovx loop"], results["python-afl"]
+    print(
+        f"ceiling: a zero-cost engine at the floor ({ceiling:.0f} execs/s) would be "
+        f"{ceiling / p.execs_per_s:.2f}x python-afl here"
+    )
+    verdicts = Table("persistent: kcovx loop vs python-afl<40 | ratio>7.2f", judged=True)
     print()
     verdicts.print_head()
     for what, value, target in (
@@ -364,6 +381,12 @@ def campaigns(workload: str, work: Path, seconds: int, judge: Judge) -> None:
     ):
         verdicts.print_row(what, value, target, judge.verdict(value, Target(target)))
     fk, fp = results["kcovx fork"], results["python-afl fork"]
+    kp = results["kcovx"]
+    print(
+        f"kcovx --persistent (info): execs/s ratio {kp.execs_per_s / p.execs_per_s:.2f}, corpus "
+        f"edges ratio (python-afl's unit) "
+        f"{kp.edges_in['python-afl'] / max(p.edges_in['python-afl'], 1):.2f}"
+    )
     fork_edges = fk.edges_in["python-afl"] / max(fp.edges_in["python-afl"], 1)
     print(
         f"forked (info): execs/s ratio {fk.execs_per_s / fp.execs_per_s:.2f}, corpus edges "
@@ -386,11 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_afl: cannot run without {', '.join(missing)}")
         return EXIT_BROKEN
     judge = Judge()
+    ceiling = 0.0
+    if not opts.no_campaign:
+        with tempfile.TemporaryDirectory(prefix="kcovx-bench-afl-floor-") as tmp:
+            ceiling = floor(Path(tmp), min(seconds, 20))
+        print(f"floor: a persistent campaign of a target that does nothing: {ceiling:.0f} execs/s")
     for workload in workloads:
         with tempfile.TemporaryDirectory(prefix=f"kcovx-bench-afl-{workload}-") as tmp:
             same_inputs(workload, Path(tmp), 3 if opts.quick else 7, 150 if opts.quick else 600)
             if not opts.no_campaign:
-                campaigns(workload, Path(tmp), seconds, judge)
+                campaigns(workload, Path(tmp), seconds, judge, ceiling)
     return judge.status()
 
 

@@ -57,6 +57,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import gc
 import mmap
 import os
 import signal
@@ -351,6 +352,9 @@ def _start(persistent: bool, expected: Iterable[type[BaseException] | str]) -> N
     kc = kcovx.open(profile="linux")
     kc.init_trace(AREA_WORDS)
     area = kc.map_area()
+    # Everything alive now is the program's setup, shared with every child: out of the
+    # cyclic GC's sight, a child's collections do not touch (and so copy) its pages.
+    gc.freeze()
     try:
         if persistent:
             phase = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared: seen across fork
