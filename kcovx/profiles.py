@@ -7,8 +7,9 @@ the per-task bookkeeping each profile keeps (which device a task enabled):
 - ``gvisor`` (default): gVisor's ``pkg/sentry/kernel/kcov.go``, errno for errno.  The area is
   allocated by the first mmap in INIT and dropped by DISABLE and close; coverage is global and
   reaches the area only through task work, which runs when the owner's device calls return
-  (and on ``flush()``).  ``t.kcov`` (the device a task enabled last, kept after DISABLE) is
-  ``_GVisorRules.kcov``.
+  (and on ``flush()``); as in gVisor, while the device traces, its work stays registered on
+  every task that enabled it, even one that no longer owns it (see ``_collects``).  ``t.kcov``
+  (the device a task enabled last, kept after DISABLE) is ``_GVisorRules.kcov``.
 - ``linux``: Linux >= 5.18.  The area is allocated by INIT and lives as long as the device;
   ``trace_pc``/``trace_cmp`` append at once, for the enabling thread only.
   ``current->kcov`` (the device a task has enabled now) is ``_LinuxRules.kcov``.
