@@ -7,8 +7,9 @@ the per-task bookkeeping each profile keeps (which device a task enabled):
 - ``gvisor`` (default): gVisor's ``pkg/sentry/kernel/kcov.go``, errno for errno.  The area is
   allocated by the first mmap in INIT and dropped by DISABLE and close; coverage is global and
   reaches the area only through task work, which runs when the owner's device calls return
-  (and on ``flush()``).  ``t.kcov`` (the device a task enabled last, kept after DISABLE) is
-  ``_GVisorRules.kcov``.
+  (and on ``flush()``); as in gVisor, while the device traces, its work stays registered on
+  every task that enabled it, even one that no longer owns it (see ``_collects``).  ``t.kcov``
+  (the device a task enabled last, kept after DISABLE) is ``_GVisorRules.kcov``.
 - ``linux``: Linux >= 5.18.  The area is allocated by INIT and lives as long as the device;
   ``trace_pc``/``trace_cmp`` append at once, for the enabling thread only.
   ``current->kcov`` (the device a task has enabled now) is ``_LinuxRules.kcov``.
@@ -216,13 +217,20 @@ class _GVisorRules(Rules):
         if kind != KCOV_TRACE_PC:
             fail(errno.EINVAL)
         # gVisor also checks for another owner here (EBUSY); in INIT there never is one.
+        work = _CoverageWork(st)
+        had_work = work in task.work
         try:
             # Registered work and a collecting pending set do nothing until the commit.
-            tasks.add_work(task, _CoverageWork(st))
+            tasks.add_work(task, work)
             _area._set_collecting(True)
             _area._clear_pending()  # ClearCoverageData: only coverage from now on
             st.mode, st.owner, self.kcov[task], self.tracing[st] = Mode.TRACE_PC, task, st, None
         except BaseException:
+            if st.owner is not task and not had_work:
+                # Not enabled: gVisor registers no work.  Left registered, it would run if
+                # another task enabled the device later, without this task being a holder
+                # that sync_collecting knows of.
+                tasks.remove_work(task, work)
             self.sync_collecting()
             raise
 
@@ -271,16 +279,30 @@ class _GVisorRules(Rules):
     def sync_collecting(self) -> None:
         """Turn the pending set on exactly while some device of this profile collects, and
         forget the devices that no longer do (none can again: see _collects).  Idempotent."""
-        self.tracing = {st: None for st in self.tracing if _collects(st)}
+        # The devices whose task work some live task still has registered.  Only enable
+        # registers it, so every such task is a key of t.kcov (until it exits).
+        held = {
+            work.state
+            for task in self.kcov
+            if tasks.is_live(task)
+            for work in task.work
+            if isinstance(work, _CoverageWork)
+        }
+        self.tracing = {st: None for st in self.tracing if _collects(st, held)}
         _area._set_collecting(bool(self.tracing))
 
 
-def _collects(st: DeviceState) -> bool:
-    # A device whose owner exited while owning it (gVisor resets only the device the task
-    # enabled last) can never run task work again: it must not keep the set collecting.  Once
-    # False, False for good: only enable turns it on, and only from INIT.
-    owner = st.owner
-    return st.mode is _TRACE_PC and owner is not None and tasks.is_live(owner) and not st.closed
+def _collects(st: DeviceState, held: set[DeviceState]) -> bool:
+    # A device collects while it traces and some live task will run its task work: not only
+    # its owner.  gVisor registers the work on the task that enables the device and the work
+    # re-registers itself while the device traces, whoever owns it by then: a task that
+    # enabled the device before a hand-over, and made no call since, still moves the pending
+    # PCs into it, even after the new owner exited still owning it (its exit reset only the
+    # device it enabled last).  With no live task holding the work, nothing can move pending
+    # PCs into the device, and the next enable clears them anyway: the set need not collect
+    # for it.  Once False, False for good: only enable registers work, and it also makes the
+    # device tracing again.
+    return st.mode is _TRACE_PC and not st.closed and st in held
 
 
 class _LinuxRules(Rules):

@@ -182,6 +182,12 @@ def add_work(task: Task, work: TaskWork) -> None:
         task.work.append(work)
 
 
+def remove_work(task: Task, work: TaskWork) -> None:
+    """Unregister work from task, if registered.  Under lock()."""
+    if work in task.work:
+        task.work.remove(work)
+
+
 def set_unique_target(task: Task, area: _area.Area, bitmap_words: int) -> None:
     """Make area, in unique mode (its first bitmap_words words the bitmap), the calling
     thread's only C recording target."""

@@ -151,6 +151,43 @@ def test_gvisor_exit_resets_only_last_enabled_device(devices: Devices) -> None:
     d1.close()
 
 
+def test_gvisor_work_of_earlier_enabler_outlives_dead_owner(devices: Devices) -> None:
+    # The minimal sequence of test_state_machine's test_gvisor_pc_lost_after_owner_exits.
+    # gVisor registers a device's task work on the task that enables it, and the work stays
+    # registered while the device traces, whoever owns it.  B enables dev after A disabled it;
+    # A's exit resets dev (A's t.kcov); C enables dev again, then another device, and exits,
+    # which resets only that other one: dev traces with a dead owner.  B, which made no call
+    # since its enable, still has dev's work: its next call moves what it covered into dev.
+    dev = devices.open("gvisor")
+    other = devices.open("gvisor")
+    dev.init_trace(512)
+    dev.mmap()
+    other.init_trace(512)
+    other.mmap()
+    a = devices.worker("A")
+    b = devices.worker("B")
+    c = devices.worker("C")
+    a.call(dev.enable)
+    a.call(dev.disable)
+    view = b.call(dev.mmap)  # a fresh area: DISABLE dropped the first one
+    b.call(dev.enable)
+    a.stop()
+    assert (dev.mode, dev.owner) == (Mode.INIT, None)  # the mapping is kept
+    c.call(dev.enable)
+    c.call(other.enable)
+    c_ident = c.ident
+    c.stop()
+    assert (other.mode, other.owner) == (Mode.INIT, None)
+    assert (dev.mode, dev.owner) == (Mode.TRACE_PC, c_ident)
+    b.call(kcovx.trace_pc, 0x71)
+    b.call(dev.flush)
+    assert view[:3].tolist() == [1, 0x71, 0]
+    # Once B exits nobody holds dev's work: PCs must not pile up in the pending set.
+    b.stop()
+    kcovx.trace_pcs(np.arange(1, 1001, dtype=np.uint64))
+    assert kcovx._area._pending_len() == 0
+
+
 def test_gvisor_pending_at_owner_exit_not_delivered(devices: Devices) -> None:
     dev = devices.open("gvisor")
     dev.init_trace(512)
