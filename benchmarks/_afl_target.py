@@ -104,7 +104,7 @@ def main() -> None:
     if engine == "python-afl":
         import afl
     else:
-        import kcovx.afl as afl  # type: ignore[no-redef]
+        from kcovx import afl  # type: ignore[no-redef]
 
     fn, errors = TARGETS[name]()
     if len(sys.argv) > 2:
