@@ -18,7 +18,8 @@ Owns: issue 12's figures.  Two measurements per workload (a stdlib parser fed st
    edges from ``fuzzer_stats``; and, because the two engines' edges are different units
    (python-afl hashes line-to-line transitions of every Python line run, kcovx
    block-to-block transitions of the instrumented package only), each final corpus measured
-   again in *both* units with ``afl-showmap -C``.
+   again in *both* units with ``afl-showmap -C``.  Then, info, one instance per core
+   (``-M``/``-S``) for both persistent engines: total execs/s.
 
 Judged (issue 12): persistent campaigns of the same program, kcovx execs/s >= 3x python-afl's,
 and kcovx's corpus covering at least as many edges as python-afl's, in python-afl's unit and
@@ -27,7 +28,7 @@ in kcovx's.  The same-input figures and the other campaigns are info.
 Needs ``afl-fuzz``, ``afl-showmap`` (Debian's ``afl++``) and python-afl (``pip install
 python-afl``) for this interpreter; without one it prints "skipped" and exits 0.  Usage:
 ``python benchmarks/bench_afl.py [--quick] [--seconds S] [--workload W]...``; about
-workloads x 5 x SECONDS plus a minute each (default 60 s, two workloads: about 12 minutes).
+workloads x 7 x SECONDS plus a minute each (default 60 s, two workloads: about 16 minutes).
 Single-threaded driver; each campaign runs alone (AFL_NO_AFFINITY, nothing else should run).
 """
 
@@ -317,6 +318,39 @@ def same_inputs(workload: str, work: Path, rounds: int, count: int) -> None:
         table.print_row(name, us, us / plain, median(times[peer]) / us)
 
 
+def per_core(engine: Engine, seed_dir: Path, work: Path, seconds: int) -> float:
+    """Total execs/s of one afl-fuzz instance per core sharing one output folder (``-M main``
+    and ``-S sN``), as AFL++ is meant to be run: the single-instance campaigns above leave
+    cores idle while afl-fuzz and the target wait for each other."""
+    work.mkdir(parents=True)
+    out = work / "out"
+    afl_fuzz = "afl-fuzz"
+    if engine.name.startswith("python-afl") and (BIN / "py-afl-fuzz").exists():
+        afl_fuzz = str(BIN / "py-afl-fuzz")
+    cores = max(os.cpu_count() or 1, 2)
+    procs = []
+    for i in range(cores):
+        role = ["-M", "main"] if i == 0 else ["-S", f"s{i}"]
+        cmd = [afl_fuzz, "-i", str(seed_dir), "-o", str(out), *role, "-s", str(i + 1)]
+        cmd += ["-t", "1000", "-V", str(seconds), "--", *engine.argv]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env={**os.environ, **AFL_ENV, **engine.env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+    for p in procs:
+        p.wait(timeout=seconds + 600)
+    total = 0.0
+    for i in range(cores):
+        stats = fuzzer_stats(out / ("main" if i == 0 else f"s{i}") / "fuzzer_stats")
+        total += int(stats["execs_done"]) / max(float(stats["run_time"]), 1.0)
+    return total
+
+
 def floor(work: Path, seconds: int) -> float:
     """execs/s of a persistent campaign whose target does nothing (``noop``: reads stdin),
     under kcovx: what afl-fuzz and the fork server protocol cost per input on this machine.
@@ -380,6 +414,13 @@ def campaigns(workload: str, work: Path, seconds: int, judge: Judge, ceiling: fl
         ),
     ):
         verdicts.print_row(what, value, target, judge.verdict(value, Target(target)))
+    pk = per_core(eng["kcovx loop"], seed_dir, work / "per-core-kcovx", seconds)
+    pp = per_core(eng["python-afl"], seed_dir, work / "per-core-python-afl", seconds)
+    print(
+        f"one instance per core (-M/-S, {max(os.cpu_count() or 1, 2)} instances; info): kcovx "
+        f"loop {pk:.0f} execs/s, python-afl {pp:.0f}, ratio {pk / pp:.2f}; x one instance: "
+        f"kcovx {pk / k.execs_per_s:.2f}, python-afl {pp / p.execs_per_s:.2f}"
+    )
     fk, fp = results["kcovx fork"], results["python-afl fork"]
     kp = results["kcovx"]
     print(
