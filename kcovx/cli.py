@@ -40,12 +40,10 @@ import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, Final, TextIO, TypeVar
+from typing import BinaryIO, Final, TextIO
 
 import kcovx
 from kcovx.profiles import GVISOR_MAX_WORDS, LINUX_MAX_WORDS, PROFILES
-
-_T = TypeVar("_T")
 
 COMMANDS: Final = ("run", "report", "symbolize", "cflags", "ldflags", "demo", "afl")
 
@@ -153,22 +151,6 @@ def _pc_tokens(inp: BinaryIO, err: TextIO) -> Iterator[str]:
             yield token.decode("ascii", "backslashreplace")
 
 
-class _Unusable(Exception):
-    """A table or cover file symbolize cannot use: the one line to print, then status 2."""
-
-
-def _read(load: Callable[[str], _T], path: str, what: str, missing: str = "") -> _T:
-    """load(path), with any problem of the file turned into the one line to print."""
-    try:
-        return load(path)
-    except FileNotFoundError:
-        raise _Unusable(f"no {what} {path!r}{missing}") from None
-    except OSError as e:
-        raise _Unusable(f"{what} {path!r}: {e.strerror}") from None
-    except ValueError as e:  # PCsTableError, CoverFileError: the message names the file
-        raise _Unusable(str(e)) from None
-
-
 def symbolize_main(
     table_path: str | None,
     *,
@@ -181,7 +163,7 @@ def symbolize_main(
 ) -> int:
     """``kcovx symbolize``: see the module docstring for what is read and the statuses."""
     from kcovx.cover import read_cover
-    from kcovx.errors import UnknownPCError
+    from kcovx.errors import UnknownPCError, UnusableFileError, read_input
     from kcovx.pcs import format_block, parse_pc, read_pcs_table, symbolize_native
     from kcovx.sancov import is_native
 
@@ -189,14 +171,14 @@ def symbolize_main(
     texts: Iterable[str]
     try:
         hint = " (kcovx run writes one; see --pcs-table)"
-        table = _read(read_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
+        table = read_input(read_pcs_table, table_path or DEFAULTS.pcs_table, "PC table", hint)
         if all_blocks:
             texts = (f"{pc:#x}" for pc in sorted(table.blocks))
         elif cover_path is not None:
-            texts = (f"{pc:#x}" for pc in _read(read_cover, cover_path, "cover file"))
+            texts = (f"{pc:#x}" for pc in read_input(read_cover, cover_path, "cover file"))
         else:
             texts = _pc_tokens(inp, err)  # streamed: memory does not grow with the input
-    except _Unusable as e:
+    except UnusableFileError as e:
         print(f"kcovx symbolize: {e}", file=err)
         return 2
     no_lines: set[str] = set()

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+_T = TypeVar("_T")
 
 U64_MAX = (1 << 64) - 1
 
@@ -48,6 +51,26 @@ class CoverFileError(KcovxError, ValueError):
 
 class CacheEntryError(KcovxError, ValueError):
     """A code-cache entry that failed verification; kcovx then instruments from source."""
+
+
+class UnusableFileError(KcovxError):
+    """A file a command reads back (a PC table, a cover file) that it cannot use: missing,
+    unreadable or malformed.  The message is the one line to print (``read_input``)."""
+
+
+def read_input(load: Callable[[str], _T], path: str, what: str, hint: str = "") -> _T:
+    """``load(path)``, with any problem of the file (``OSError``; ``ValueError``, which
+    ``PCsTableError`` and ``CoverFileError`` are, and whose message names the file) turned
+    into an ``UnusableFileError`` saying which ``what`` at ``path``; ``hint`` follows the
+    message of a missing file."""
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise UnusableFileError(f"no {what} {path!r}{hint}") from None
+    except OSError as e:
+        raise UnusableFileError(f"{what} {path!r}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UnusableFileError(str(e)) from None
 
 
 def kernel_error(err: int) -> OSError:

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, TypeVar
 
+from kcovx.errors import UnusableFileError, read_input
 from kcovx.pcs import Block
 
 if TYPE_CHECKING:
@@ -131,12 +132,8 @@ class Inputs:
 
 def _read(load: Callable[[str], _T], path: str, what: str) -> _T:
     try:
-        return load(path)
-    except FileNotFoundError:
-        raise ReportError(f"no {what} {path!r}") from None
-    except OSError as e:
-        raise ReportError(f"{what} {path!r}: {e.strerror or e}") from None
-    except ValueError as e:  # PCsTableError, CoverFileError: the message names the file
+        return read_input(load, path, what)
+    except UnusableFileError as e:
         raise ReportError(str(e)) from None
 
 
