@@ -101,7 +101,6 @@ _SHM_SEGSZ_OFFSET: Final = 48  # struct shmid_ds on 64-bit Linux: after the 48-b
 @dataclass
 class _State:
     started: bool = False
-    persistent: bool = False
     server: bool = False  # under afl-fuzz: this process is a child of the fork server
     iterations: int = 0
     expected: list[str] = field(default_factory=list)
@@ -337,7 +336,7 @@ def _next_input() -> bool:
 
 
 def _start(persistent: bool, expected: Iterable[type[BaseException] | str]) -> None:
-    _state.started, _state.persistent = True, persistent
+    _state.started = True
     for name in _expected_list(expected):  # after kcovx afl's own (--expected), if any
         if name not in _state.expected:
             _state.expected.append(name)
@@ -524,8 +523,7 @@ def run_target(
     else:
         status = 0
         while _loop(persistent, expected):
-            _state.managed = True
-            _rewind_stdin()
+            _state.managed = True  # (stdin: rewound by _loop before each later input)
             status = _run_once(target, unit, args, module, survive=True)
             if status == _CRASHED:
                 # Each run starts the program afresh, so the process can go on: the crash
